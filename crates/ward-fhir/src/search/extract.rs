@@ -1,0 +1,452 @@
+//! Index extraction: evaluates every search parameter of a resource's type
+//! and turns the resulting nodes into [`IndexEntry`] values.
+
+use serde_json::{Map, Value};
+
+use super::params::{SearchParamDef, search_params};
+use super::primitives::{normalize_string, parse_date_range, parse_decimal, parse_reference};
+use super::{IndexEntry, IndexValue, ParamType};
+use crate::fhirpath::{Item, Node, infer_type};
+
+/// The maximum number of component combinations one composite base node
+/// yields, so a node with many codings and many values stays bounded.
+const MAX_COMPOSITE_COMBINATIONS: usize = 256;
+
+/// Extracts the index entries of every search parameter of the resource's
+/// type, including the shared `_id`, `_lastUpdated`, `_tag`, `_security`,
+/// `_profile` and `_source`. Returns nothing for a value without a known
+/// `resourceType`.
+///
+/// Contained references (`#id`) are not indexed. Special parameters
+/// (`Location.near`) are not indexed either.
+pub fn index_resource(resource: &Value) -> Vec<IndexEntry> {
+    let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else {
+        return Vec::new();
+    };
+    if super::static_resource_type(resource_type).is_none() {
+        return Vec::new();
+    }
+    let mut entries = Vec::new();
+    for def in search_params(resource_type) {
+        extract_param(resource, def, &mut entries);
+    }
+    entries
+}
+
+fn extract_param(resource: &Value, def: &SearchParamDef, entries: &mut Vec<IndexEntry>) {
+    let Some(expression) = def.compiled() else {
+        return;
+    };
+    let items = expression.evaluate(resource);
+    let mut values = Vec::new();
+    if def.param_type == ParamType::Composite {
+        for item in &items {
+            if let Item::Node(node) = item {
+                composite_values(resource, def, *node, &mut values);
+            }
+        }
+    } else {
+        for item in &items {
+            item_values(def.param_type, item, &mut values);
+        }
+    }
+    for value in values {
+        let entry = IndexEntry {
+            param: def.code.clone(),
+            value,
+        };
+        if !entries.contains(&entry) {
+            entries.push(entry);
+        }
+    }
+}
+
+fn composite_values(
+    resource: &Value,
+    def: &SearchParamDef,
+    base: Node<'_>,
+    out: &mut Vec<IndexValue>,
+) {
+    let mut combinations: Vec<Vec<(String, IndexValue)>> = vec![Vec::new()];
+    for component in &def.components {
+        let Some(expression) = component.compiled() else {
+            return;
+        };
+        let mut values = Vec::new();
+        for item in expression.evaluate_on(resource, base) {
+            item_values(component.param_type, &item, &mut values);
+        }
+        if values.is_empty() {
+            return;
+        }
+        let mut next = Vec::new();
+        'outer: for prefix in &combinations {
+            for value in &values {
+                if next.len() >= MAX_COMPOSITE_COMBINATIONS {
+                    break 'outer;
+                }
+                let mut combination = prefix.clone();
+                combination.push((component.code.clone(), value.clone()));
+                next.push(combination);
+            }
+        }
+        combinations = next;
+    }
+    out.extend(
+        combinations
+            .into_iter()
+            .map(|components| IndexValue::Composite { components }),
+    );
+}
+
+/// Converts one evaluation result into index values for a parameter type.
+fn item_values(param_type: ParamType, item: &Item<'_>, out: &mut Vec<IndexValue>) {
+    match item {
+        Item::Node(node) => node_values(param_type, *node, out),
+        Item::Boolean(value) if param_type == ParamType::Token => out.push(IndexValue::Token {
+            system: None,
+            code: value.to_string(),
+            text: None,
+        }),
+        Item::String(text) => string_item(param_type, text, out),
+        _ => {}
+    }
+}
+
+fn string_item(param_type: ParamType, text: &str, out: &mut Vec<IndexValue>) {
+    let value = Value::String(text.to_owned());
+    node_values(
+        param_type,
+        Node {
+            value: &value,
+            fhir_type: None,
+        },
+        out,
+    );
+}
+
+fn node_values(param_type: ParamType, node: Node<'_>, out: &mut Vec<IndexValue>) {
+    let fhir_type = node.fhir_type.or_else(|| infer_type("", node.value));
+    match param_type {
+        ParamType::String => string_values(node.value, fhir_type, out),
+        ParamType::Token => token_values(node.value, fhir_type, out),
+        ParamType::Date => date_values(node.value, fhir_type, out),
+        ParamType::Number => number_values(node.value, out),
+        ParamType::Quantity => quantity_values(node.value, fhir_type, out),
+        ParamType::Reference => reference_values(node.value, out),
+        ParamType::Uri => {
+            if let Some(text) = node.value.as_str() {
+                out.push(IndexValue::Uri {
+                    value: text.to_owned(),
+                });
+            }
+        }
+        ParamType::Composite | ParamType::Special => {}
+    }
+}
+
+fn push_string(text: &str, out: &mut Vec<IndexValue>) {
+    let normalized = normalize_string(text);
+    if normalized.is_empty() {
+        return;
+    }
+    out.push(IndexValue::String {
+        normalized,
+        exact: text.to_owned(),
+    });
+}
+
+fn strings_of<'v>(map: &'v Map<String, Value>, field: &str) -> impl Iterator<Item = &'v str> {
+    let value = map.get(field);
+    let single = value.and_then(Value::as_str);
+    let many = value
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str);
+    single.into_iter().chain(many)
+}
+
+const HUMAN_NAME_PARTS: &[&str] = &["family", "given", "text", "prefix", "suffix"];
+const ADDRESS_PARTS: &[&str] = &[
+    "line",
+    "city",
+    "district",
+    "state",
+    "postalCode",
+    "country",
+    "text",
+];
+
+fn string_values(value: &Value, fhir_type: Option<&str>, out: &mut Vec<IndexValue>) {
+    let map = match value {
+        Value::String(text) => return push_string(text, out),
+        Value::Object(map) => map,
+        _ => return,
+    };
+    let parts: &[&str] = match fhir_type {
+        Some("HumanName") => HUMAN_NAME_PARTS,
+        Some("Address") => ADDRESS_PARTS,
+        Some("CodeableConcept" | "Coding") => &["text", "display"],
+        Some("Annotation") => &["text"],
+        _ => &["text", "display", "value"],
+    };
+    for part in parts {
+        for text in strings_of(map, part) {
+            push_string(text, out);
+        }
+    }
+}
+
+fn text_of(map: &Map<String, Value>, field: &str) -> Option<String> {
+    map.get(field)
+        .and_then(Value::as_str)
+        .map(normalize_string)
+        .filter(|t| !t.is_empty())
+}
+
+fn token_values(value: &Value, fhir_type: Option<&str>, out: &mut Vec<IndexValue>) {
+    let map = match value {
+        Value::String(code) => {
+            if !code.is_empty() {
+                out.push(IndexValue::Token {
+                    system: None,
+                    code: code.clone(),
+                    text: None,
+                });
+            }
+            return;
+        }
+        Value::Bool(flag) => {
+            out.push(IndexValue::Token {
+                system: None,
+                code: flag.to_string(),
+                text: None,
+            });
+            return;
+        }
+        Value::Object(map) => map,
+        _ => return,
+    };
+    match fhir_type {
+        Some("CodeableConcept") => codeable_concept_tokens(map, out),
+        Some("Coding") => coding_token(map, None, out),
+        Some("Identifier") => {
+            if let Some(code) = map.get("value").and_then(Value::as_str) {
+                let text = map
+                    .get("type")
+                    .and_then(Value::as_object)
+                    .and_then(|t| text_of(t, "text"));
+                out.push(IndexValue::Token {
+                    system: map.get("system").and_then(Value::as_str).map(str::to_owned),
+                    code: code.to_owned(),
+                    text,
+                });
+            }
+        }
+        Some("ContactPoint") => {
+            if let Some(code) = map.get("value").and_then(Value::as_str) {
+                out.push(IndexValue::Token {
+                    system: None,
+                    code: code.to_owned(),
+                    text: None,
+                });
+            }
+        }
+        _ if map.contains_key("code") => coding_token(map, None, out),
+        _ if map.get("value").is_some_and(Value::is_string) => {
+            token_values(value, Some("Identifier"), out);
+        }
+        _ => {}
+    }
+}
+
+fn codeable_concept_tokens(map: &Map<String, Value>, out: &mut Vec<IndexValue>) {
+    let concept_text = text_of(map, "text");
+    let codings = map.get("coding").and_then(Value::as_array);
+    for coding in codings.into_iter().flatten() {
+        if let Some(coding) = coding.as_object() {
+            coding_token(coding, concept_text.clone(), out);
+        }
+    }
+    // A concept with text only still answers `:text` searches: its entry has
+    // an empty code, which no code search matches.
+    if codings.is_none_or(|c| c.is_empty())
+        && let Some(text) = concept_text
+    {
+        out.push(IndexValue::Token {
+            system: None,
+            code: String::new(),
+            text: Some(text),
+        });
+    }
+}
+
+/// Pushes a Coding as a token. Its `:text` is the coding's display, or the
+/// enclosing CodeableConcept's text when the coding has no display.
+fn coding_token(map: &Map<String, Value>, concept_text: Option<String>, out: &mut Vec<IndexValue>) {
+    let Some(code) = map.get("code").and_then(Value::as_str) else {
+        if let Some(text) = concept_text.or_else(|| text_of(map, "display")) {
+            out.push(IndexValue::Token {
+                system: map.get("system").and_then(Value::as_str).map(str::to_owned),
+                code: String::new(),
+                text: Some(text),
+            });
+        }
+        return;
+    };
+    out.push(IndexValue::Token {
+        system: map.get("system").and_then(Value::as_str).map(str::to_owned),
+        code: code.to_owned(),
+        text: text_of(map, "display").or(concept_text),
+    });
+}
+
+fn date_values(value: &Value, fhir_type: Option<&str>, out: &mut Vec<IndexValue>) {
+    let map = match value {
+        Value::String(text) => {
+            if let Some((low, high)) = parse_date_range(text) {
+                out.push(IndexValue::Date { low, high });
+            }
+            return;
+        }
+        Value::Object(map) => map,
+        _ => return,
+    };
+    match fhir_type {
+        Some("Timing") => {
+            for event in strings_of(map, "event") {
+                date_values(&Value::String(event.to_owned()), None, out);
+            }
+            if let Some(bounds) = map.get("repeat").and_then(|r| r.get("boundsPeriod")) {
+                date_values(bounds, Some("Period"), out);
+            }
+        }
+        _ if map.contains_key("start") || map.contains_key("end") => {
+            let start = map.get("start").and_then(Value::as_str);
+            let end = map.get("end").and_then(Value::as_str);
+            let low = start.and_then(parse_date_range).map(|(low, _)| low);
+            let high = end.and_then(parse_date_range).map(|(_, high)| high);
+            if start.is_some() && low.is_none() || end.is_some() && high.is_none() {
+                return;
+            }
+            out.push(IndexValue::Date {
+                low: low.unwrap_or(i64::MIN),
+                high: high.unwrap_or(i64::MAX),
+            });
+        }
+        _ => {}
+    }
+}
+
+/// Returns a JSON number's text as written (numbers keep their text, so
+/// precision survives).
+fn number_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    }
+}
+
+fn number_values(value: &Value, out: &mut Vec<IndexValue>) {
+    let Some(decimal) = number_text(value).as_deref().and_then(parse_decimal) else {
+        return;
+    };
+    out.push(IndexValue::Number {
+        value: decimal.value,
+        low: decimal.low,
+        high: decimal.high,
+    });
+}
+
+fn quantity_values(value: &Value, fhir_type: Option<&str>, out: &mut Vec<IndexValue>) {
+    let Value::Object(map) = value else {
+        return;
+    };
+    let unit_field = |m: &Map<String, Value>, field: &str| {
+        m.get(field).and_then(Value::as_str).map(str::to_owned)
+    };
+    if fhir_type == Some("Range") {
+        // A Range is indexed as one quantity that spans from the low bound to
+        // the high bound, with the units of whichever bound is present.
+        let low = map.get("low").and_then(Value::as_object);
+        let high = map.get("high").and_then(Value::as_object);
+        let bound = |b: Option<&Map<String, Value>>| {
+            b.and_then(|b| b.get("value"))
+                .and_then(number_text)
+                .as_deref()
+                .and_then(parse_decimal)
+        };
+        let (low_value, high_value) = (bound(low), bound(high));
+        let Some(units) = low.or(high) else {
+            return;
+        };
+        let value = low_value.or(high_value).map_or(f64::NAN, |d| d.value);
+        out.push(IndexValue::Quantity {
+            value,
+            low: low_value.map_or(f64::NEG_INFINITY, |d| d.value),
+            high: high_value.map_or(f64::INFINITY, |d| d.value),
+            system: unit_field(units, "system"),
+            code: unit_field(units, "code"),
+            unit: unit_field(units, "unit"),
+        });
+        return;
+    }
+    let Some(decimal) = map
+        .get("value")
+        .and_then(number_text)
+        .as_deref()
+        .and_then(parse_decimal)
+    else {
+        return;
+    };
+    let (code, unit) = if map.contains_key("currency") {
+        (unit_field(map, "currency"), unit_field(map, "currency"))
+    } else {
+        (unit_field(map, "code"), unit_field(map, "unit"))
+    };
+    out.push(IndexValue::Quantity {
+        value: decimal.value,
+        low: decimal.low,
+        high: decimal.high,
+        system: unit_field(map, "system"),
+        code,
+        unit,
+    });
+}
+
+/// Indexes a Reference (or a canonical or uri string). A Reference's
+/// `identifier` is indexed as a token entry under the same parameter, for
+/// the `:identifier` modifier.
+fn reference_values(value: &Value, out: &mut Vec<IndexValue>) {
+    let map = match value {
+        Value::String(text) => {
+            if let Some(parts) = parse_reference(text) {
+                out.push(IndexValue::Reference {
+                    target_type: parts.target_type,
+                    id: parts.id,
+                    url: parts.url,
+                });
+            }
+            return;
+        }
+        Value::Object(map) => map,
+        _ => return,
+    };
+    if let Some(identifier) = map.get("identifier") {
+        token_values(identifier, Some("Identifier"), out);
+    }
+    let Some(parts) = map
+        .get("reference")
+        .and_then(Value::as_str)
+        .and_then(parse_reference)
+    else {
+        return;
+    };
+    let declared = map.get("type").and_then(Value::as_str).map(str::to_owned);
+    out.push(IndexValue::Reference {
+        target_type: parts.target_type.or(declared),
+        id: parts.id,
+        url: parts.url,
+    });
+}

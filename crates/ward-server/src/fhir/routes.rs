@@ -1,0 +1,602 @@
+//! The axum routes of the FHIR REST API under `/fhir`, and the extractors
+//! that authenticate, negotiate the format and read bodies.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::request::Parts;
+use http::{HeaderMap, StatusCode, header};
+use serde_json::Value;
+use ward_fhir::IssueType;
+use ward_fhir::search::Handling;
+use ward_store::HistoryScope;
+
+use crate::AppState;
+use crate::auth::{Principal, authenticate};
+use crate::error::{FhirError, FhirResult};
+use crate::fhir::engine::{Engine, check_type, query_pairs, truncate};
+use crate::fhir::response::{Prefer, if_match, json_response, resource_response, write_response};
+use crate::scopes::Permission;
+
+/// What every authenticated FHIR handler needs from the request head.
+pub struct Ctx {
+    /// The caller.
+    pub principal: Principal,
+    /// The `Prefer` header.
+    pub prefer: Prefer,
+    /// The decoded query parameters, in order.
+    pub query: Vec<(String, String)>,
+    /// The raw query string.
+    pub raw_query: String,
+    /// The request headers.
+    pub headers: HeaderMap,
+}
+
+const JSON_TYPES: [&str; 3] = [
+    "application/fhir+json",
+    "application/json",
+    "application/json+fhir",
+];
+
+/// Checks `_format` and `Accept`: JSON is served, anything else is 406.
+fn negotiate(headers: &HeaderMap, query: &[(String, String)]) -> FhirResult<()> {
+    let not_acceptable = |what: &str| {
+        FhirError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            IssueType::NotSupported,
+            format!("{what}; this server returns application/fhir+json only"),
+        )
+    };
+    if let Some((_, format)) = query.iter().find(|(k, _)| k == "_format") {
+        let format = format.trim();
+        let json = format == "json"
+            || JSON_TYPES
+                .iter()
+                .any(|t| format.split(';').next().is_some_and(|f| f.trim() == *t));
+        if !json {
+            return Err(not_acceptable(&format!(
+                "_format '{}' is not supported",
+                truncate(format, 40)
+            )));
+        }
+        return Ok(());
+    }
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
+    let acceptable = accept.split(',').any(|item| {
+        let media = item.split(';').next().unwrap_or("").trim();
+        media.is_empty()
+            || media == "*/*"
+            || media == "application/*"
+            || JSON_TYPES.contains(&media)
+    });
+    if acceptable {
+        Ok(())
+    } else {
+        Err(not_acceptable(&format!(
+            "Accept '{}' is not supported",
+            truncate(accept, 60)
+        )))
+    }
+}
+
+impl FromRequestParts<AppState> for Ctx {
+    type Rejection = FhirError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, FhirError> {
+        let raw_query = parts.uri.query().unwrap_or("").to_owned();
+        let query = query_pairs(&raw_query)?;
+        negotiate(&parts.headers, &query)?;
+        let principal = authenticate(&parts.headers, &state.verifier)?;
+        Ok(Ctx {
+            principal,
+            prefer: Prefer::from_headers(&parts.headers),
+            query,
+            raw_query,
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
+/// A FHIR JSON request body.
+pub struct FhirBody(pub Value);
+
+impl FromRequest<AppState> for FhirBody {
+    type Rejection = FhirError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, FhirError> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let media = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if !JSON_TYPES.contains(&media.as_str()) {
+            return Err(FhirError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                IssueType::NotSupported,
+                format!(
+                    "Content-Type '{}' is not supported; send application/fhir+json",
+                    truncate(&content_type, 60)
+                ),
+            ));
+        }
+        let bytes = read_body(req, state.engine.limits.max_body_bytes).await?;
+        parse_json(&bytes).map(FhirBody)
+    }
+}
+
+async fn read_body(req: Request, limit: usize) -> FhirResult<Bytes> {
+    axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| {
+            FhirError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                IssueType::TooLong,
+                format!("the request body is larger than the limit of {limit} bytes"),
+            )
+        })
+}
+
+/// Parses a JSON body; syntax errors name the line and column.
+pub fn parse_json(bytes: &[u8]) -> FhirResult<Value> {
+    serde_json::from_slice(bytes).map_err(|err| {
+        let what = if err.to_string().contains("recursion limit") {
+            "the JSON is nested too deeply".to_owned()
+        } else {
+            format!(
+                "the body is not valid JSON (line {}, column {})",
+                err.line(),
+                err.column()
+            )
+        };
+        FhirError::new(StatusCode::BAD_REQUEST, IssueType::Structure, what)
+    })
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> FhirResult<T> + Send + 'static,
+) -> FhirResult<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(err) => Err(FhirError::internal(&err)),
+    }
+}
+
+fn handling(ctx: &Ctx) -> Handling {
+    if ctx.prefer.strict {
+        Handling::Strict
+    } else {
+        Handling::Lenient
+    }
+}
+
+fn self_link(engine: &Engine, path: &str, raw_query: &str) -> String {
+    if raw_query.is_empty() {
+        format!("{}{path}", engine.base)
+    } else {
+        format!("{}{path}?{raw_query}", engine.base)
+    }
+}
+
+/// The routes under `/fhir`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/fhir/metadata", get(metadata))
+        .route("/fhir", get(system_search).post(post_bundle))
+        .route("/fhir/_history", get(system_history))
+        .route("/fhir/_search", axum::routing::post(system_search_post))
+        .route(
+            "/fhir/{type}",
+            get(type_search)
+                .post(create)
+                .put(conditional_update)
+                .delete(conditional_delete),
+        )
+        .route(
+            "/fhir/{type}/_search",
+            axum::routing::post(type_search_post),
+        )
+        .route("/fhir/{type}/_history", get(type_history))
+        .route("/fhir/{type}/{id}", get(read).put(update).delete(delete))
+        .route("/fhir/{type}/{id}/_history", get(instance_history))
+        .route("/fhir/{type}/{id}/_history/{vid}", get(vread))
+}
+
+async fn metadata(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(err) = negotiate(&headers, &[]) {
+        return err.into_response();
+    }
+    json_response(StatusCode::OK, &state.capability)
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Path((resource_type, id)): Path<(String, String)>,
+    ctx: Ctx,
+) -> FhirResult<Response> {
+    check_type(&resource_type)?;
+    ctx.principal.require(&resource_type, Permission::Read)?;
+    let engine = state.engine.clone();
+    let version = blocking(move || Ok(engine.store.read(&resource_type, &id)?)).await?;
+    if let Some(tag) = ctx
+        .headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        if crate::fhir::response::parse_etag(tag) == Some(version.version) {
+            let mut response = StatusCode::NOT_MODIFIED.into_response();
+            crate::fhir::response::version_headers(response.headers_mut(), &version);
+            return Ok(response);
+        }
+    }
+    let resource = version.resource.clone().unwrap_or(Value::Null);
+    let resource = shape_single(&ctx, resource);
+    Ok(resource_response(&version, &resource))
+}
+
+/// Applies `_summary` and `_elements` to a single read.
+fn shape_single(ctx: &Ctx, resource: Value) -> Value {
+    let param = |name: &str| {
+        ctx.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if let Some(elements) = param("_elements") {
+        let list: Vec<String> = elements.split(',').map(|e| e.trim().to_owned()).collect();
+        return ward_fhir::summary::apply_elements(&resource, &list);
+    }
+    let mode = match param("_summary") {
+        Some("true") => ward_fhir::search::SummaryMode::True,
+        Some("text") => ward_fhir::search::SummaryMode::Text,
+        Some("data") => ward_fhir::search::SummaryMode::Data,
+        _ => return resource,
+    };
+    ward_fhir::summary::apply_summary(&resource, mode)
+}
+
+async fn vread(
+    State(state): State<AppState>,
+    Path((resource_type, id, vid)): Path<(String, String, String)>,
+    ctx: Ctx,
+) -> FhirResult<Response> {
+    check_type(&resource_type)?;
+    ctx.principal.require(&resource_type, Permission::Read)?;
+    let version: u64 = vid.parse().map_err(|_| {
+        FhirError::not_found(format!(
+            "version '{}' is not a version number",
+            truncate(&vid, 20)
+        ))
+    })?;
+    let engine = state.engine.clone();
+    let found = blocking(move || Ok(engine.store.vread(&resource_type, &id, version)?)).await?;
+    match &found.resource {
+        Some(resource) => Ok(resource_response(&found, resource)),
+        None => {
+            let mut response = FhirError::new(
+                StatusCode::GONE,
+                IssueType::Deleted,
+                format!(
+                    "version {} records the deletion of the resource",
+                    found.version
+                ),
+            )
+            .into_response();
+            crate::fhir::response::version_headers(response.headers_mut(), &found);
+            Ok(response)
+        }
+    }
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Path(resource_type): Path<String>,
+    ctx: Ctx,
+    FhirBody(body): FhirBody,
+) -> FhirResult<Response> {
+    check_type(&resource_type)?;
+    ctx.principal.require(&resource_type, Permission::Create)?;
+    let if_none_exist = ctx
+        .headers
+        .get("if-none-exist")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim_start_matches('?').to_owned());
+    if if_none_exist.is_some() {
+        ctx.principal.require(&resource_type, Permission::Search)?;
+    }
+    let engine = state.engine.clone();
+    let result = blocking(move || {
+        let mut tx = engine.store.begin()?;
+        let result = engine.create(
+            tx.as_mut(),
+            &resource_type,
+            body,
+            if_none_exist.as_deref(),
+            None,
+        )?;
+        tx.commit()?;
+        Ok(result)
+    })
+    .await?;
+    write_result(&state.engine, &ctx, result)
+}
+
+fn write_result(
+    engine: &Engine,
+    ctx: &Ctx,
+    result: crate::fhir::engine::WriteResult,
+) -> FhirResult<Response> {
+    match &result.version {
+        Some(version) if !version.is_deleted() => Ok(write_response(
+            result.status,
+            version,
+            &engine.base,
+            ctx.prefer.return_preference,
+            &result.message,
+        )),
+        Some(version) => {
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            crate::fhir::response::version_headers(response.headers_mut(), version);
+            Ok(response)
+        }
+        None => Ok(result.status.into_response()),
+    }
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path((resource_type, id)): Path<(String, String)>,
+    ctx: Ctx,
+    FhirBody(body): FhirBody,
+) -> FhirResult<Response> {
+    check_type(&resource_type)?;
+    ctx.principal.require(&resource_type, Permission::Update)?;
+    let if_match = if_match(&ctx.headers)?;
+    let engine = state.engine.clone();
+    let result = blocking(move || {
+        let mut tx = engine.store.begin()?;
+        let result = engine.update(tx.as_mut(), &resource_type, &id, body, if_match)?;
+        tx.commit()?;
+        Ok(result)
+    })
+    .await?;
+    write_result(&state.engine, &ctx, result)
+}
+
+async fn conditional_update(
+    State(state): State<AppState>,
+    Path(resource_type): Path<String>,
+    ctx: Ctx,
+    FhirBody(body): FhirBody,
+) -> FhirResult<Response> {
+    check_type(&resource_type)?;
+    ctx.principal.require(&resource_type, Permission::Update)?;
+    ctx.principal.require(&resource_type, Permission::Search)?;
+    let if_match = if_match(&ctx.headers)?;
+    let engine = state.engine.clone();
+    let query = ctx.raw_query.clone();
+    let result = blocking(move || {
+        let mut tx = engine.store.begin()?;
+        let result =
+            engine.conditional_update(tx.as_mut(), &resource_type, &query, body, if_match)?;
+        tx.commit()?;
+        Ok(result)
+    })
+    .await?;
+    write_result(&state.engine, &ctx, result)
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Path((resource_type, id)): Path<(String, String)>,
+    ctx: Ctx,
+) -> FhirResult<Response> {
+    check_type(&resource_type)?;
+    ctx.principal.require(&resource_type, Permission::Delete)?;
+    let if_match = if_match(&ctx.headers)?;
+    let engine = state.engine.clone();
+    let result = blocking(move || {
+        let mut tx = engine.store.begin()?;
+        let result = engine.delete(tx.as_mut(), &resource_type, &id, if_match)?;
+        tx.commit()?;
+        Ok(result)
+    })
+    .await?;
+    write_result(&state.engine, &ctx, result)
+}
+
+async fn conditional_delete(
+    State(state): State<AppState>,
+    Path(resource_type): Path<String>,
+    ctx: Ctx,
+) -> FhirResult<Response> {
+    check_type(&resource_type)?;
+    ctx.principal.require(&resource_type, Permission::Delete)?;
+    ctx.principal.require(&resource_type, Permission::Search)?;
+    let engine = state.engine.clone();
+    let query = ctx.raw_query.clone();
+    let result = blocking(move || {
+        let mut tx = engine.store.begin()?;
+        let result = engine.conditional_delete(tx.as_mut(), &resource_type, &query)?;
+        tx.commit()?;
+        Ok(result)
+    })
+    .await?;
+    write_result(&state.engine, &ctx, result)
+}
+
+async fn run_search(
+    engine: Arc<Engine>,
+    ctx: &Ctx,
+    resource_type: Option<String>,
+    pairs: Vec<(String, String)>,
+    link: String,
+) -> FhirResult<Response> {
+    let handling = handling(ctx);
+    let bundle =
+        blocking(move || engine.search(resource_type.as_deref(), &pairs, handling, &link)).await?;
+    Ok(json_response(StatusCode::OK, &bundle))
+}
+
+async fn type_search(
+    State(state): State<AppState>,
+    Path(resource_type): Path<String>,
+    ctx: Ctx,
+) -> FhirResult<Response> {
+    check_type(&resource_type)?;
+    ctx.principal.require(&resource_type, Permission::Search)?;
+    let link = self_link(&state.engine, &format!("/{resource_type}"), &ctx.raw_query);
+    let pairs = ctx.query.clone();
+    run_search(state.engine.clone(), &ctx, Some(resource_type), pairs, link).await
+}
+
+/// Reads an `application/x-www-form-urlencoded` search body.
+async fn form_pairs(req: Request, limit: usize) -> FhirResult<Vec<(String, String)>> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let bytes = read_body(req, limit).await?;
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !content_type.starts_with("application/x-www-form-urlencoded") {
+        return Err(FhirError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IssueType::NotSupported,
+            "_search takes an application/x-www-form-urlencoded body",
+        ));
+    }
+    Ok(url::form_urlencoded::parse(&bytes).into_owned().collect())
+}
+
+async fn type_search_post(
+    State(state): State<AppState>,
+    Path(resource_type): Path<String>,
+    ctx: Ctx,
+    req: Request,
+) -> FhirResult<Response> {
+    check_type(&resource_type)?;
+    ctx.principal.require(&resource_type, Permission::Search)?;
+    let mut pairs = ctx.query.clone();
+    pairs.extend(form_pairs(req, state.engine.limits.max_body_bytes).await?);
+    let link = format!("{}/{resource_type}", state.engine.base);
+    run_search(state.engine.clone(), &ctx, Some(resource_type), pairs, link).await
+}
+
+async fn system_search(State(state): State<AppState>, ctx: Ctx) -> FhirResult<Response> {
+    let paging = ctx.query.iter().any(|(k, _)| k == "_getpages");
+    if !paging {
+        ctx.principal
+            .require("*", Permission::Search)
+            .or_else(|_| {
+                if ctx
+                    .principal
+                    .scopes
+                    .resources
+                    .iter()
+                    .any(|s| s.resource_type == "*" && s.permissions.contains('s'))
+                {
+                    Ok(())
+                } else {
+                    Err(FhirError::forbidden(
+                        "system-level search needs a scope on all resource types (*)",
+                    ))
+                }
+            })?;
+    }
+    let link = self_link(&state.engine, "", &ctx.raw_query);
+    let pairs = ctx.query.clone();
+    run_search(state.engine.clone(), &ctx, None, pairs, link).await
+}
+
+async fn system_search_post(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    req: Request,
+) -> FhirResult<Response> {
+    ctx.principal.require("*", Permission::Search)?;
+    let mut pairs = ctx.query.clone();
+    pairs.extend(form_pairs(req, state.engine.limits.max_body_bytes).await?);
+    let link = state.engine.base.clone();
+    run_search(state.engine.clone(), &ctx, None, pairs, link).await
+}
+
+async fn history(
+    state: &AppState,
+    ctx: &Ctx,
+    scope: HistoryScope,
+    path: &str,
+) -> FhirResult<Response> {
+    let engine = state.engine.clone();
+    let pairs = ctx.query.clone();
+    let link = self_link(&state.engine, path, &ctx.raw_query);
+    let bundle = blocking(move || engine.history(scope, &pairs, &link)).await?;
+    Ok(json_response(StatusCode::OK, &bundle))
+}
+
+async fn system_history(State(state): State<AppState>, ctx: Ctx) -> FhirResult<Response> {
+    ctx.principal.require("*", Permission::Search)?;
+    history(&state, &ctx, HistoryScope::System, "/_history").await
+}
+
+async fn type_history(
+    State(state): State<AppState>,
+    Path(resource_type): Path<String>,
+    ctx: Ctx,
+) -> FhirResult<Response> {
+    check_type(&resource_type)?;
+    ctx.principal.require(&resource_type, Permission::Search)?;
+    let path = format!("/{resource_type}/_history");
+    history(&state, &ctx, HistoryScope::Type(resource_type), &path).await
+}
+
+async fn instance_history(
+    State(state): State<AppState>,
+    Path((resource_type, id)): Path<(String, String)>,
+    ctx: Ctx,
+) -> FhirResult<Response> {
+    check_type(&resource_type)?;
+    ctx.principal.require(&resource_type, Permission::Read)?;
+    let path = format!("/{resource_type}/{id}/_history");
+    history(
+        &state,
+        &ctx,
+        HistoryScope::Instance(resource_type, id),
+        &path,
+    )
+    .await
+}
+
+async fn post_bundle(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    FhirBody(body): FhirBody,
+) -> FhirResult<Response> {
+    let engine = state.engine.clone();
+    let principal = ctx.principal.clone();
+    let prefer = ctx.prefer.return_preference;
+    let explicit = ctx.headers.contains_key("prefer");
+    let prefer = if explicit {
+        prefer
+    } else {
+        crate::fhir::response::ReturnPreference::Minimal
+    };
+    let bundle = blocking(move || engine.process_bundle(&principal, &body, prefer)).await?;
+    Ok(json_response(StatusCode::OK, &bundle))
+}

@@ -1,0 +1,304 @@
+//! Search and history: running them against the store and shaping the
+//! searchset and history Bundles, with paging links that never repeat or
+//! skip an entry.
+
+use serde_json::{Value, json};
+use ward_fhir::search::{Handling, SearchQuery, SummaryMode};
+use ward_fhir::summary::{apply_elements, apply_summary};
+use ward_fhir::{OperationOutcome, OutcomeIssue};
+use ward_store::{
+    HistoryCursor, HistoryRequest, HistoryScope, Method, PageRequest, ResourceVersion, SearchPage,
+};
+
+use crate::error::{FhirError, FhirResult};
+use crate::fhir::engine::{Engine, bundle, parse_query, truncate};
+use crate::fhir::response::http_date;
+
+/// The page settings kept with a result set for its later pages.
+#[derive(Debug, Default, Clone)]
+struct PageContext {
+    summary: Option<SummaryMode>,
+    elements: Option<Vec<String>>,
+}
+
+fn summary_code(mode: SummaryMode) -> &'static str {
+    match mode {
+        SummaryMode::True => "true",
+        SummaryMode::Text => "text",
+        SummaryMode::Data => "data",
+        SummaryMode::Count => "count",
+        SummaryMode::False => "false",
+    }
+}
+
+fn summary_from_code(code: &str) -> Option<SummaryMode> {
+    Some(match code {
+        "true" => SummaryMode::True,
+        "text" => SummaryMode::Text,
+        "data" => SummaryMode::Data,
+        "count" => SummaryMode::Count,
+        "false" => SummaryMode::False,
+        _ => return None,
+    })
+}
+
+impl PageContext {
+    fn encode(&self) -> String {
+        json!({
+            "summary": self.summary.map(summary_code),
+            "elements": self.elements,
+        })
+        .to_string()
+    }
+
+    fn decode(text: &str) -> Self {
+        let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        let summary = value["summary"].as_str().and_then(summary_from_code);
+        let elements = value["elements"].as_array().map(|items| {
+            items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        });
+        Self { summary, elements }
+    }
+
+    fn shape(&self, resource: &Value) -> Value {
+        if let Some(elements) = &self.elements {
+            return apply_elements(resource, elements);
+        }
+        match self.summary {
+            Some(mode) => apply_summary(resource, mode),
+            None => resource.clone(),
+        }
+    }
+}
+
+/// Finds the value of a parameter in decoded pairs.
+fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn parse_usize(pairs: &[(String, String)], name: &str) -> FhirResult<Option<usize>> {
+    match param(pairs, name) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            FhirError::bad_request(format!(
+                "{name} must be a non-negative integer, got '{}'",
+                truncate(v, 20)
+            ))
+        }),
+    }
+}
+
+impl Engine {
+    /// Runs a search (type-level when `resource_type` is set, system-level
+    /// otherwise) and returns the searchset Bundle. `self_link` is the URL
+    /// that requested it.
+    pub fn search(
+        &self,
+        resource_type: Option<&str>,
+        pairs: &[(String, String)],
+        handling: Handling,
+        self_link: &str,
+    ) -> FhirResult<Value> {
+        if let Some(snapshot) = param(pairs, "_getpages") {
+            let offset = parse_usize(pairs, "_getpagesoffset")?.unwrap_or(0);
+            let count = self.page_size(parse_usize(pairs, "_count")?);
+            let page = self.store.search_page(snapshot, offset, count, None)?;
+            return Ok(self.searchset(&page, count, self_link, &[]));
+        }
+        let query: SearchQuery = parse_query(resource_type, pairs, handling)?;
+        let summary_count = query.summary == Some(SummaryMode::Count);
+        let count = if summary_count {
+            0
+        } else {
+            self.page_size(query.count)
+        };
+        let context = PageContext {
+            summary: query.summary,
+            elements: query.elements.clone(),
+        };
+        let request = PageRequest {
+            count,
+            snapshot_ttl_secs: self.limits.snapshot_ttl_secs,
+            context: context.encode(),
+        };
+        let mut page = self.store.search(&query, &request, None)?;
+        if summary_count {
+            page.snapshot = None;
+        }
+        Ok(self.searchset(&page, count, self_link, &query.ignored))
+    }
+
+    fn searchset(
+        &self,
+        page: &SearchPage,
+        count: usize,
+        self_link: &str,
+        ignored: &[String],
+    ) -> Value {
+        let context = PageContext::decode(&page.context);
+        let mut entries: Vec<Value> = Vec::new();
+        for version in &page.matches {
+            if let Some(resource) = &version.resource {
+                entries.push(json!({
+                    "fullUrl": self.full_url(&version.resource_type, &version.id),
+                    "resource": context.shape(resource),
+                    "search": { "mode": "match" },
+                }));
+            }
+        }
+        for version in &page.included {
+            if let Some(resource) = &version.resource {
+                entries.push(json!({
+                    "fullUrl": self.full_url(&version.resource_type, &version.id),
+                    "resource": resource,
+                    "search": { "mode": "include" },
+                }));
+            }
+        }
+        if !ignored.is_empty() {
+            let names: Vec<String> = ignored.iter().map(|p| truncate(p, 64)).collect();
+            let outcome = OperationOutcome::single(OutcomeIssue::warning(
+                ward_fhir::IssueType::NotSupported,
+                format!(
+                    "these parameters were ignored because they are unknown or unsupported: {}",
+                    names.join(", ")
+                ),
+            ));
+            entries.push(json!({
+                "resource": outcome.to_json(),
+                "search": { "mode": "outcome" },
+            }));
+        }
+        let mut links = vec![("self", self_link.to_owned())];
+        if let Some(snapshot) = &page.snapshot {
+            let page_link = |offset: usize| {
+                format!(
+                    "{}?_getpages={snapshot}&_getpagesoffset={offset}&_count={count}",
+                    self.base
+                )
+            };
+            links.push(("first", page_link(0)));
+            if page.has_next() {
+                links.push(("next", page_link(page.offset + count)));
+            }
+            if page.offset > 0 {
+                links.push(("previous", page_link(page.offset.saturating_sub(count))));
+            }
+        }
+        bundle("searchset", Some(page.total), links, entries)
+    }
+
+    /// Reads a page of history and returns the history Bundle.
+    pub fn history(
+        &self,
+        scope: HistoryScope,
+        pairs: &[(String, String)],
+        self_link: &str,
+    ) -> FhirResult<Value> {
+        let since = match param(pairs, "_since") {
+            Some(value) => Some(parse_instant(value, "_since")?),
+            None => None,
+        };
+        let before = match param(pairs, "_at") {
+            Some(value) => Some(parse_instant(value, "_at")?),
+            None => None,
+        };
+        let cursor = match param(pairs, "_cursor") {
+            Some(value) => Some(parse_cursor(value)?),
+            None => None,
+        };
+        let count = self.page_size(parse_usize(pairs, "_count")?);
+        let request = HistoryRequest {
+            scope: scope.clone(),
+            since,
+            before,
+            count,
+            cursor,
+        };
+        let page = self.store.history(&request)?;
+        let entries: Vec<Value> = page
+            .versions
+            .iter()
+            .map(|v| self.history_entry(v))
+            .collect();
+        let mut links = vec![("self", self_link.to_owned())];
+        if let Some(next) = page.next_cursor {
+            let path = match &scope {
+                HistoryScope::System => format!("{}/_history", self.base),
+                HistoryScope::Type(t) => format!("{}/{t}/_history", self.base),
+                HistoryScope::Instance(t, id) => format!("{}/{t}/{id}/_history", self.base),
+            };
+            let mut url = format!(
+                "{path}?_count={count}&_cursor={}.{}",
+                next.high_water, next.after
+            );
+            for name in ["_since", "_at"] {
+                if let Some(value) = param(pairs, name) {
+                    url.push_str(&format!(
+                        "&{name}={}",
+                        percent_encoding::utf8_percent_encode(
+                            value,
+                            percent_encoding::NON_ALPHANUMERIC
+                        )
+                    ));
+                }
+            }
+            links.push(("next", url));
+        }
+        Ok(bundle("history", Some(page.total), links, entries))
+    }
+
+    fn history_entry(&self, version: &ResourceVersion) -> Value {
+        let url = format!("{}/{}", version.resource_type, version.id);
+        let (method, status) = match version.method {
+            Method::Create => ("POST", "201 Created"),
+            Method::Update => ("PUT", "200 OK"),
+            Method::Delete => ("DELETE", "204 No Content"),
+        };
+        let request_url = match version.method {
+            Method::Create => version.resource_type.clone(),
+            _ => url.clone(),
+        };
+        let mut entry = json!({
+            "fullUrl": self.full_url(&version.resource_type, &version.id),
+            "request": { "method": method, "url": request_url },
+            "response": {
+                "status": status,
+                "etag": format!("W/\"{}\"", version.version),
+                "lastModified": ward_store::format_instant(version.last_updated),
+            },
+        });
+        if let Some(resource) = &version.resource {
+            entry["resource"] = resource.clone();
+        }
+        let _ = http_date;
+        entry
+    }
+}
+
+/// Parses a `_since`/`_at` instant into microseconds.
+fn parse_instant(value: &str, name: &str) -> FhirResult<i64> {
+    ward_fhir::search::parse_date_range(value)
+        .map(|(low, _)| low)
+        .ok_or_else(|| {
+            FhirError::bad_request(format!(
+                "{name} must be a FHIR instant such as 2026-01-31T12:00:00Z, got '{}'",
+                truncate(value, 40)
+            ))
+        })
+}
+
+fn parse_cursor(value: &str) -> FhirResult<HistoryCursor> {
+    let bad = || FhirError::bad_request("_cursor is malformed; follow the Bundle's next link");
+    let (high, after) = value.split_once('.').ok_or_else(bad)?;
+    Ok(HistoryCursor {
+        high_water: high.parse().map_err(|_| bad())?,
+        after: after.parse().map_err(|_| bad())?,
+    })
+}

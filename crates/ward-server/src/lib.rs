@@ -1,0 +1,111 @@
+//! The Ward HTTPS application: the axum router with its middleware, the
+//! FHIR REST API, access-token checks, TLS and the data directory.
+//!
+//! A request passes TLS, then authentication (the `Ctx` extractor), then
+//! the scope check in each handler, then the engine and the store.
+
+pub mod auth;
+pub mod error;
+pub mod fhir;
+pub mod scopes;
+pub mod setup;
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde_json::Value;
+
+use crate::auth::TokenVerifier;
+use crate::error::FhirError;
+use crate::fhir::engine::Engine;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The FHIR engine.
+    pub engine: Arc<Engine>,
+    /// Verifies access tokens.
+    pub verifier: Arc<TokenVerifier>,
+    /// The CapabilityStatement, built once.
+    pub capability: Arc<Value>,
+}
+
+impl AppState {
+    /// Creates the state for an engine and a token verifier.
+    pub fn new(engine: Arc<Engine>, verifier: Arc<TokenVerifier>) -> Self {
+        let capability = fhir::capability::capability_statement(&engine.base, None);
+        Self {
+            engine,
+            verifier,
+            capability: Arc::new(capability),
+        }
+    }
+}
+
+/// Builds the application router.
+pub fn app(state: AppState) -> Router {
+    fhir::routes::router()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn_with_state(state.clone(), access_log))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    FhirError::not_found("no such endpoint; the FHIR API is under /fhir").into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    FhirError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ward_fhir::IssueType::NotSupported,
+        "this method is not allowed on this URL",
+    )
+    .into_response()
+}
+
+/// Adds the headers every response carries: no caching of PHI, no MIME
+/// sniffing, HTTPS only.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    response
+}
+
+/// Logs each request by route template (never the raw URI, whose query may
+/// carry identifiers), with status and latency.
+async fn access_log(State(_state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    tracing::info!(
+        target: "ward::http",
+        %method,
+        route,
+        status = response.status().as_u16(),
+        micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "request"
+    );
+    response
+}

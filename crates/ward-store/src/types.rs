@@ -1,0 +1,236 @@
+//! The values and traits shared by every backend.
+
+use serde_json::Value;
+use ward_fhir::search::{Include, SearchQuery};
+
+use crate::Result;
+
+/// The interaction that produced a version, as history bundles report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// The first version of a resource.
+    Create,
+    /// A later version.
+    Update,
+    /// A deletion marker.
+    Delete,
+}
+
+impl Method {
+    /// The code stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Create => "create",
+            Method::Update => "update",
+            Method::Delete => "delete",
+        }
+    }
+
+    /// Parses a stored code.
+    pub fn parse(code: &str) -> Option<Self> {
+        match code {
+            "create" => Some(Method::Create),
+            "update" => Some(Method::Update),
+            "delete" => Some(Method::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// One stored version of a resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceVersion {
+    /// The resource type.
+    pub resource_type: String,
+    /// The logical id.
+    pub id: String,
+    /// The version number, from 1.
+    pub version: u64,
+    /// When the version was stored, in microseconds since the Unix epoch.
+    pub last_updated: i64,
+    /// What produced the version.
+    pub method: Method,
+    /// The resource with `meta.versionId` and `meta.lastUpdated` set; `None`
+    /// for a deletion.
+    pub resource: Option<Value>,
+}
+
+impl ResourceVersion {
+    /// True when this version records a deletion.
+    pub fn is_deleted(&self) -> bool {
+        self.method == Method::Delete
+    }
+}
+
+/// A resource's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceKey {
+    /// The resource type.
+    pub resource_type: String,
+    /// The logical id.
+    pub id: String,
+}
+
+/// Which history to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryScope {
+    /// Every resource.
+    System,
+    /// Every resource of one type.
+    Type(String),
+    /// One resource.
+    Instance(String, String),
+}
+
+/// A history request. Versions come newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRequest {
+    /// What to read.
+    pub scope: HistoryScope,
+    /// `_since`: only versions stored at or after this instant (µs).
+    pub since: Option<i64>,
+    /// `_at`-style upper bound: only versions stored at or before this
+    /// instant (µs).
+    pub before: Option<i64>,
+    /// The page size.
+    pub count: usize,
+    /// Continue after this cursor (from a previous page's `next_cursor`).
+    pub cursor: Option<HistoryCursor>,
+}
+
+/// Where the next history page starts. Versions are append-only, so a cursor
+/// never repeats or skips an entry even while writes go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryCursor {
+    /// The highest version sequence the history covers (fixed on page one).
+    pub high_water: i64,
+    /// The last version sequence already returned.
+    pub after: i64,
+}
+
+/// A page of history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    /// The versions, newest first.
+    pub versions: Vec<ResourceVersion>,
+    /// The number of versions the whole history holds.
+    pub total: usize,
+    /// The cursor of the next page, when there is one.
+    pub next_cursor: Option<HistoryCursor>,
+}
+
+/// Which page of a search to return.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    /// Entries per page.
+    pub count: usize,
+    /// How long a result set stays available for paging, in seconds.
+    pub snapshot_ttl_secs: i64,
+    /// Opaque server data kept with a result set (page settings such as
+    /// `_summary`), returned with every later page.
+    pub context: String,
+}
+
+/// A page of search results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchPage {
+    /// The matching resources of this page, in order.
+    pub matches: Vec<ResourceVersion>,
+    /// Resources added by `_include` and `_revinclude`.
+    pub included: Vec<ResourceVersion>,
+    /// The number of matches in the whole result set.
+    pub total: usize,
+    /// The offset of the first match of this page.
+    pub offset: usize,
+    /// The id of the stored result set, when it spans more than one page.
+    pub snapshot: Option<String>,
+    /// The server context stored with the result set.
+    pub context: String,
+}
+
+impl SearchPage {
+    /// True when another page follows this one.
+    pub fn has_next(&self) -> bool {
+        self.offset + self.matches.len() < self.total && self.snapshot.is_some()
+    }
+}
+
+/// Filters the resources a caller may see; the store applies it before
+/// counting and paging, so totals and links reveal nothing else.
+pub type Visibility<'a> = &'a (dyn Fn(&ResourceVersion) -> bool + Sync);
+
+/// A storage backend.
+pub trait Store: Send + Sync {
+    /// Reads the current version of a resource. A deleted resource yields
+    /// [`StoreError::Gone`](crate::StoreError::Gone).
+    fn read(&self, resource_type: &str, id: &str) -> Result<ResourceVersion>;
+
+    /// Reads one version (deletion markers included).
+    fn vread(&self, resource_type: &str, id: &str, version: u64) -> Result<ResourceVersion>;
+
+    /// Reads a page of history, newest first.
+    fn history(&self, request: &HistoryRequest) -> Result<HistoryPage>;
+
+    /// Runs a search and returns its first page.
+    fn search(
+        &self,
+        query: &SearchQuery,
+        page: &PageRequest,
+        visible: Option<Visibility<'_>>,
+    ) -> Result<SearchPage>;
+
+    /// Returns a later page of a stored result set.
+    fn search_page(
+        &self,
+        snapshot: &str,
+        offset: usize,
+        count: usize,
+        visible: Option<Visibility<'_>>,
+    ) -> Result<SearchPage>;
+
+    /// Starts a write transaction. Dropping it without
+    /// [`WriteTx::commit`] rolls everything back.
+    fn begin(&self) -> Result<Box<dyn WriteTx + '_>>;
+}
+
+/// A write transaction: every change in it commits together or not at all,
+/// and its reads see its own changes.
+pub trait WriteTx {
+    /// Reads the current version of a resource.
+    fn read(&mut self, resource_type: &str, id: &str) -> Result<ResourceVersion>;
+
+    /// Returns the keys of every resource matching the criteria of `query`
+    /// (paging, sorting and includes are ignored), up to `limit` + 1 so the
+    /// caller can tell "more than `limit`".
+    fn search_keys(&mut self, query: &SearchQuery, limit: usize) -> Result<Vec<ResourceKey>>;
+
+    /// Stores a new resource. `resource.id` must be set; an existing id fails
+    /// with [`StoreError::AlreadyExists`](crate::StoreError::AlreadyExists).
+    fn create(&mut self, resource: Value) -> Result<ResourceVersion>;
+
+    /// Stores a new version of `resource` (creating it when absent). With
+    /// `if_match`, the current version must equal it. Returns the version
+    /// and whether it was created.
+    fn update(&mut self, resource: Value, if_match: Option<u64>)
+    -> Result<(ResourceVersion, bool)>;
+
+    /// Deletes a resource. Returns the deletion marker, or `None` when the
+    /// resource was already deleted.
+    fn delete(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        if_match: Option<u64>,
+    ) -> Result<Option<ResourceVersion>>;
+
+    /// Commits every change.
+    fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// The settings of a stored result set that later pages need.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct SnapshotSettings {
+    pub includes: Vec<Include>,
+    pub revincludes: Vec<Include>,
+    pub context: String,
+}

@@ -1,0 +1,115 @@
+//! Command-line arguments. Every `serve` option can also come from an
+//! environment variable (named in `--help`) or from `ward.toml` in the data
+//! directory; the command line wins, then the environment, then the file.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Ward: a FHIR R4 server for mobile clinical work, with encryption at rest.
+#[derive(Debug, Parser)]
+#[command(name = "ward", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the FHIR server over HTTPS.
+    Serve(ServeArgs),
+    /// Print the organization's CA certificate (PEM), the one clients trust.
+    Ca(DataArgs),
+    /// Print a signed access token for administrators and scripts.
+    Token(TokenArgs),
+    /// Load FHIR Bundles and NDJSON files into the store.
+    Import(ImportArgs),
+}
+
+/// The data directory option shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    /// The data directory (keys, CA, database) [default: ./ward-data].
+    #[arg(long, env = "WARD_DATA")]
+    pub data: Option<PathBuf>,
+}
+
+impl DataArgs {
+    /// The data directory, defaulted.
+    pub fn dir(&self) -> PathBuf {
+        self.data
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("ward-data"))
+    }
+}
+
+/// Options of `ward serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The data directory.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The address to listen on [default: 127.0.0.1:8443].
+    #[arg(long, env = "WARD_LISTEN")]
+    pub listen: Option<String>,
+    /// The database: a SQLite file path or `sqlite://PATH` [default: ward.db in the data directory].
+    #[arg(long, env = "WARD_DATABASE")]
+    pub database: Option<String>,
+    /// A PEM certificate chain to serve instead of one from the built-in CA; reloaded when the file changes.
+    #[arg(long, env = "WARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "WARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The public base URL of the server, when it differs from https://LISTEN (for example behind a load balancer).
+    #[arg(long, env = "WARD_BASE_URL")]
+    pub base_url: Option<String>,
+    /// The largest request body accepted, in bytes [default: 33554432].
+    #[arg(long, env = "WARD_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// How long, in seconds, SIGTERM waits for requests in flight [default: 30].
+    #[arg(long, env = "WARD_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<u64>,
+}
+
+/// Options of `ward token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The data directory.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The SMART scopes to grant, space-separated, such as 'system/*.cruds'.
+    #[arg(long)]
+    pub scope: String,
+    /// How long the token is valid: a number with s, m, h or d [default: 1h].
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    /// The subject the token names.
+    #[arg(long, default_value = "ward-cli")]
+    pub subject: String,
+    /// A patient id to put in context, for patient/ scopes.
+    #[arg(long)]
+    pub patient: Option<String>,
+}
+
+/// Options of `ward import`.
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// The data directory, for a direct import into the local store (the server must not be running on it).
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Import through a running server at this FHIR base URL instead.
+    #[arg(long, requires = "token")]
+    pub server: Option<String>,
+    /// The access token for --server.
+    #[arg(long, env = "WARD_TOKEN")]
+    pub token: Option<String>,
+    /// The CA certificate that signs the server's certificate, for --server [default: ca.pem of the data directory].
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Files or folders of FHIR Bundles (.json) and NDJSON (.ndjson).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}

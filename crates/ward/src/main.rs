@@ -1,0 +1,38 @@
+//! `ward`: the operator binary. It serves the FHIR API over HTTPS, prints
+//! the CA certificate, mints access tokens and imports FHIR data.
+
+mod cli;
+mod config;
+mod import;
+mod serve;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Ca(args) => serve::print_ca(args),
+        Command::Token(args) => serve::print_token(args),
+        Command::Import(args) => import::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,261 @@
+//! `ward serve`, `ward ca` and `ward token`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use axum_server::tls_rustls::RustlsConfig;
+use ward_server::auth::{TokenIssuer, TokenVerifier};
+use ward_server::fhir::engine::{Engine, Limits};
+use ward_server::setup::{DataDir, Keys};
+use ward_server::tls::{CertFiles, server_config};
+use ward_server::{AppState, app};
+use ward_store::{SqliteOptions, SqliteStore};
+
+use crate::cli::{DataArgs, ServeArgs, TokenArgs};
+use crate::config::{Settings, resolve};
+
+/// The organization name written into a new CA.
+const DEFAULT_ORG_NAME: &str = "Ward organization";
+
+/// The longest lifetime `ward token` grants.
+const MAX_TOKEN_TTL_SECS: i64 = 24 * 3600;
+
+/// Runs the server until SIGTERM or Ctrl-C.
+pub fn run(args: ServeArgs) -> Result<()> {
+    let settings = resolve(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(settings))
+}
+
+fn open_store(settings: &Settings, keys: &Keys) -> Result<SqliteStore> {
+    let options = SqliteOptions::new(&settings.database);
+    SqliteStore::open(&options, &keys.master)
+        .with_context(|| format!("opening the database {}", settings.database.display()))
+}
+
+/// Builds the token verifier for a server at `settings.origin`.
+pub fn verifier(settings: &Settings, keys: &Keys) -> Result<TokenVerifier> {
+    let (x, y) = keys.signing.public_key_xy();
+    let public = vec![(keys.signing.kid().to_owned(), x.to_owned(), y.to_owned())];
+    TokenVerifier::new(&public, &settings.origin, &settings.fhir_base())
+        .context("loading the token verification key")
+}
+
+async fn serve(settings: Settings) -> Result<()> {
+    let data = DataDir::new(&settings.data);
+    let (keys, created) = data
+        .open_or_init(DEFAULT_ORG_NAME)
+        .context("opening the data directory")?;
+    if created {
+        tracing::info!(data = %settings.data.display(), "created a new data directory");
+    }
+    let store = open_store(&settings, &keys)?;
+    // `ward token` reads the origin back, so tokens name this server.
+    ward_server::setup::write_atomic(
+        &settings.data.join("origin"),
+        settings.origin.as_bytes(),
+        0o644,
+    )?;
+    let engine = Arc::new(Engine {
+        store: Arc::new(store),
+        base: settings.fhir_base(),
+        limits: Limits {
+            max_body_bytes: settings.max_body_bytes,
+            ..Limits::default()
+        },
+    });
+    let state = AppState::new(engine, Arc::new(verifier(&settings, &keys)?));
+
+    let tls = match &settings.tls {
+        Some((cert, key)) => {
+            let files = CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            };
+            let config = RustlsConfig::from_config(Arc::new(
+                files.load().context("loading --tls-cert and --tls-key")?,
+            ));
+            files.watch(config.clone(), Duration::from_secs(5));
+            config
+        }
+        None => {
+            let host = settings
+                .origin
+                .trim_start_matches("https://")
+                .rsplit_once(':')
+                .map_or(settings.origin.trim_start_matches("https://"), |(h, _)| h)
+                .trim_matches(['[', ']'])
+                .to_owned();
+            let mut names = vec!["localhost", "127.0.0.1", "::1"];
+            if !names.contains(&host.as_str()) {
+                names.push(&host);
+            }
+            let issued = data
+                .issue_server_certificate(&keys, &names)
+                .context("issuing the server certificate")?;
+            let config = server_config(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())?;
+            RustlsConfig::from_config(Arc::new(config))
+        }
+    };
+
+    let addr: SocketAddr = settings.listen.parse().with_context(|| {
+        format!(
+            "--listen '{}' is not an address such as 127.0.0.1:8443",
+            settings.listen
+        )
+    })?;
+    let handle = axum_server::Handle::new();
+    let grace = Duration::from_secs(settings.shutdown_grace);
+    tokio::spawn(shutdown_on_signal(handle.clone(), grace));
+
+    let server = axum_server::bind_rustls(addr, tls)
+        .handle(handle.clone())
+        .serve(app(state).into_make_service());
+    let listening = handle.clone();
+    let data_path = settings.data.clone();
+    let base = settings.fhir_base();
+    tokio::spawn(async move {
+        if let Some(bound) = listening.listening().await {
+            println!("Ward is serving {base} (listening on {bound})");
+            println!("CA certificate: {}", data_path.join("ca.pem").display());
+            println!(
+                "Mint a token:   ward token --data {} --scope 'system/*.cruds'",
+                data_path.display()
+            );
+        }
+    });
+    server.await.context("the HTTPS server stopped")?;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+async fn shutdown_on_signal(handle: axum_server::Handle<SocketAddr>, grace: Duration) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "SIGTERM handler unavailable");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: draining requests in flight"
+    );
+    handle.graceful_shutdown(Some(grace));
+}
+
+/// `ward ca`.
+pub fn print_ca(args: DataArgs) -> Result<()> {
+    let data = DataDir::new(args.dir());
+    let path = data.ca_cert_path();
+    if !data.exists() {
+        bail!(
+            "no CA at {}; run 'ward serve --data {}' once to create the data directory",
+            path.display(),
+            args.dir().display()
+        );
+    }
+    let pem =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    print!("{pem}");
+    Ok(())
+}
+
+/// Parses a lifetime such as `90s`, `30m`, `1h` or `2d` into seconds.
+fn parse_ttl(text: &str) -> Result<i64> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let number: i64 = number
+        .parse()
+        .with_context(|| format!("--ttl '{text}' must be a number followed by s, m, h or d"))?;
+    let factor = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("--ttl '{text}' must be a number followed by s, m, h or d"),
+    };
+    let secs = number.saturating_mul(factor);
+    if secs <= 0 || secs > MAX_TOKEN_TTL_SECS {
+        bail!("--ttl must be between 1s and 24h, got '{text}'");
+    }
+    Ok(secs)
+}
+
+/// `ward token`.
+pub fn print_token(args: TokenArgs) -> Result<()> {
+    let ttl = parse_ttl(&args.ttl)?;
+    let serve_args = ServeArgs {
+        data: args.data.clone(),
+        listen: std::env::var("WARD_LISTEN").ok(),
+        database: None,
+        tls_cert: None,
+        tls_key: None,
+        base_url: std::env::var("WARD_BASE_URL").ok(),
+        max_body_bytes: None,
+        shutdown_grace: None,
+    };
+    let mut settings = resolve(&serve_args)?;
+    if serve_args.listen.is_none() && serve_args.base_url.is_none() {
+        if let Ok(origin) = std::fs::read_to_string(settings.data.join("origin")) {
+            settings.origin = origin.trim().to_owned();
+        }
+    }
+    let data = DataDir::new(&settings.data);
+    if !data.exists() {
+        bail!(
+            "no data directory at {}; run 'ward serve --data {}' once to create it",
+            settings.data.display(),
+            settings.data.display()
+        );
+    }
+    let (keys, _) = data.open_or_init(DEFAULT_ORG_NAME)?;
+    let issuer = TokenIssuer::new(
+        &keys.signing.pkcs8_der()?,
+        keys.signing.kid(),
+        &settings.origin,
+        &settings.fhir_base(),
+    );
+    let token = issuer
+        .issue(&args.subject, &args.scope, args.patient.as_deref(), ttl)
+        .context("signing the token")?;
+    println!("{token}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_units_parse() {
+        assert_eq!(parse_ttl("90s").unwrap(), 90);
+        assert_eq!(parse_ttl("30m").unwrap(), 1800);
+        assert_eq!(parse_ttl("1h").unwrap(), 3600);
+        assert_eq!(parse_ttl("1d").unwrap(), 86_400);
+    }
+
+    #[test]
+    fn ttl_rejects_bad_values() {
+        for bad in ["", "h", "0s", "2d", "5w", "-1h"] {
+            assert!(parse_ttl(bad).is_err(), "{bad}");
+        }
+    }
+}
