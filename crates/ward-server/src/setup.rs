@@ -84,10 +84,10 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Setup
     file.sync_all().map_err(io_err(&tmp))?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))?;
-    if let Some(dir) = path.parent() {
-        if let Ok(dir) = fs::File::open(dir) {
-            let _ = dir.sync_all();
-        }
+    if let Some(dir) = path.parent()
+        && let Ok(dir) = fs::File::open(dir)
+    {
+        let _ = dir.sync_all();
     }
     Ok(())
 }
@@ -118,7 +118,7 @@ impl DataDir {
         self.path.join("ward.toml")
     }
 
-    /// True when the directory holds an initialized organization.
+    /// Returns true when the directory contains an initialized organization.
     pub fn exists(&self) -> bool {
         self.ca_cert_path().exists()
     }

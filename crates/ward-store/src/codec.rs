@@ -64,10 +64,44 @@ impl ResourceCodec {
             .map_err(|_| StoreError::Integrity(label()))
     }
 
+    /// Seals a key-value record; the namespace and key are the associated
+    /// data.
+    pub fn seal_record(&self, ns: &str, key: &str, value: &[u8]) -> Result<(i64, Vec<u8>)> {
+        let data_key = self
+            .keys
+            .get(&self.active)
+            .ok_or_else(|| StoreError::Database("active data key missing".into()))?;
+        Ok((
+            self.active,
+            data_key.seal(&record_associated_data(ns, key), value)?,
+        ))
+    }
+
+    /// Opens a sealed key-value record.
+    pub fn open_record(&self, key_id: i64, ns: &str, key: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+        let label = || format!("record {ns}/{key}");
+        let data_key = self
+            .keys
+            .get(&key_id)
+            .ok_or_else(|| StoreError::Integrity(label()))?;
+        data_key
+            .open(&record_associated_data(ns, key), sealed)
+            .map_err(|_| StoreError::Integrity(label()))
+    }
+
     /// Hashes an index value under a domain (such as `string`, `token-code`).
     pub fn blind(&self, domain: &str, value: &str) -> [u8; 16] {
         self.index.hash(domain, value)
     }
+}
+
+fn record_associated_data(ns: &str, key: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(16 + ns.len() + key.len());
+    aad.extend_from_slice(b"ward-kv-v1\0");
+    aad.extend_from_slice(ns.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(key.as_bytes());
+    aad
 }
 
 fn associated_data(resource_type: &str, id: &str, version: u64) -> Vec<u8> {

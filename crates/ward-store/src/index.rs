@@ -16,8 +16,8 @@ use crate::codec::ResourceCodec;
 /// by decrypting candidates.
 pub(crate) const MIN_PREFIX: usize = 2;
 
-/// The longest string prefix that is indexed. Longer search strings match on
-/// this prefix, then on the decrypted resource.
+/// The maximum indexed prefix length. A longer search string matches on this
+/// prefix, then on the decrypted resource.
 pub(crate) const MAX_PREFIX: usize = 12;
 
 /// Hash of a normalized string prefix.
@@ -70,10 +70,13 @@ pub(crate) struct IndexRows {
     /// `(param, value, low, high, system hash, code hash, unit hash)`.
     pub numbers: Vec<NumberRow>,
     /// `(param, target type, target id, url hash)`.
-    pub references: Vec<(String, Option<String>, Option<String>, Option<Vec<u8>>)>,
+    pub references: Vec<ReferenceRow>,
     /// `(param, hash)`.
     pub uris: Vec<(String, Vec<u8>)>,
 }
+
+/// `(param, target type, target id, url hash)`.
+pub(crate) type ReferenceRow = (String, Option<String>, Option<String>, Option<Vec<u8>>);
 
 /// One number or quantity index row.
 #[derive(Debug)]

@@ -2,9 +2,9 @@
 //! which must be checked on the decrypted resource.
 //!
 //! The SQL this module writes uses `?` placeholders and only portable
-//! constructs, so every backend can run it. A criterion that SQL answers
-//! exactly is not checked again; the others are answered in SQL by a
-//! superset (or not at all) and then by [`ward_fhir::search::matches`].
+//! constructs, so every backend can run it. A criterion that SQL evaluates
+//! exactly is not checked again. The others select a superset in SQL (or
+//! nothing at all) and are then checked by [`ward_fhir::search::matches`].
 
 use ward_fhir::search::{
     Criterion, Modifier, ParamType, Prefix, SearchQuery, SearchValue, SortKey,
@@ -12,6 +12,10 @@ use ward_fhir::search::{
 
 use crate::codec::ResourceCodec;
 use crate::index::{self, MAX_PREFIX, MIN_PREFIX};
+
+/// The maximum number of target ids a chained parameter may resolve to; it
+/// stays below SQLite's limit of 32,766 bound values per statement.
+const MAX_CHAIN_IDS: usize = 30_000;
 
 /// A value bound to a placeholder.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,6 +87,14 @@ pub(crate) fn plan(
     for criterion in &query.criteria {
         if let Some(chain) = &criterion.chain {
             let ids = resolve_chain(&chain.target_type, &chain.criterion)?;
+            if ids.len() > MAX_CHAIN_IDS {
+                return Err(crate::StoreError::TooCostly(format!(
+                    "the chained parameter {} matches {} {} resources (limit {MAX_CHAIN_IDS}); make it more selective",
+                    criterion.param,
+                    ids.len(),
+                    chain.target_type
+                )));
+            }
             frag.push(" AND r.pk IN (SELECT res_pk FROM idx_reference WHERE param = ");
             frag.bind(SqlValue::Text(criterion.param.clone()));
             frag.push(" AND target_type = ");

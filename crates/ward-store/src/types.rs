@@ -160,7 +160,40 @@ impl SearchPage {
 pub type Visibility<'a> = &'a (dyn Fn(&ResourceVersion) -> bool + Sync);
 
 /// A storage backend.
+///
+/// Besides FHIR resources, a store keeps small sealed records by namespace
+/// and key (sessions, authorization codes, token families, users). Keys are
+/// stored in clear, so callers use ids or hashes as keys, never PHI or
+/// secrets; values are sealed like resources.
 pub trait Store: Send + Sync {
+    /// Reads a record that has not expired.
+    fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Stores a record, replacing any with the same key. `expires` is in
+    /// microseconds since the Unix epoch.
+    fn kv_put(&self, ns: &str, key: &str, value: &[u8], expires: Option<i64>) -> Result<()>;
+
+    /// Stores a record only when no live record has the key; returns false
+    /// when one does (for single-use values such as a JWT `jti`).
+    fn kv_insert_new(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        expires: Option<i64>,
+    ) -> Result<bool>;
+
+    /// Removes a record and returns it, atomically, so that two callers
+    /// never both take the same single-use value.
+    fn kv_take(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Removes a record; returns whether one existed.
+    fn kv_delete(&self, ns: &str, key: &str) -> Result<bool>;
+
+    /// Lists the live records of a namespace whose key starts with `prefix`,
+    /// ordered by key.
+    fn kv_list(&self, ns: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
+
     /// Reads the current version of a resource. A deleted resource yields
     /// [`StoreError::Gone`](crate::StoreError::Gone).
     fn read(&self, resource_type: &str, id: &str) -> Result<ResourceVersion>;

@@ -213,10 +213,11 @@ pub fn print_token(args: TokenArgs) -> Result<()> {
         shutdown_grace: None,
     };
     let mut settings = resolve(&serve_args)?;
-    if serve_args.listen.is_none() && serve_args.base_url.is_none() {
-        if let Ok(origin) = std::fs::read_to_string(settings.data.join("origin")) {
-            settings.origin = origin.trim().to_owned();
-        }
+    if serve_args.listen.is_none()
+        && serve_args.base_url.is_none()
+        && let Ok(origin) = std::fs::read_to_string(settings.data.join("origin"))
+    {
+        settings.origin = origin.trim().to_owned();
     }
     let data = DataDir::new(&settings.data);
     if !data.exists() {

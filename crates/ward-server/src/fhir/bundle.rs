@@ -42,13 +42,15 @@ fn parse_url(engine: &Engine, url: &str) -> Option<(Vec<String>, Option<String>)
         .strip_prefix(&engine.base)
         .map(|r| r.trim_start_matches('/'))
         .unwrap_or(url);
-    if relative.contains("://") {
-        return None;
-    }
     let (path, query) = match relative.split_once('?') {
         Some((p, q)) => (p, Some(q.to_owned())),
         None => (relative, None),
     };
+    // Only the path decides whether the URL is ours: search values in the
+    // query may be absolute URLs, such as identifier systems.
+    if path.contains("://") {
+        return None;
+    }
     let segments = path
         .split('/')
         .filter(|s| !s.is_empty())
@@ -177,15 +179,15 @@ fn rewrite_references(
     match value {
         Value::Object(object) => {
             for (key, child) in object.iter_mut() {
-                if key == "reference" {
-                    if let Value::String(reference) = child {
-                        if let Some(target) = map.get(reference.as_str()) {
-                            *reference = target.clone();
-                        } else if reference.contains('?') && !reference.starts_with('#') {
-                            *reference = resolve(reference)?;
-                        }
-                        continue;
+                if key == "reference"
+                    && let Value::String(reference) = child
+                {
+                    if let Some(target) = map.get(reference.as_str()) {
+                        *reference = target.clone();
+                    } else if reference.contains('?') && !reference.starts_with('#') {
+                        *reference = resolve(reference)?;
                     }
+                    continue;
                 }
                 rewrite_references(child, map, resolve)?;
             }
@@ -470,10 +472,10 @@ impl Engine {
             }
             response["etag"] = json!(format!("W/\"{}\"", version.version));
             response["lastModified"] = json!(ward_store::format_instant(version.last_updated));
-            if prefer == ReturnPreference::Representation {
-                if let Some(resource) = &version.resource {
-                    entry["resource"] = resource.clone();
-                }
+            if prefer == ReturnPreference::Representation
+                && let Some(resource) = &version.resource
+            {
+                entry["resource"] = resource.clone();
             }
         }
         if prefer == ReturnPreference::OperationOutcome {
@@ -497,7 +499,13 @@ impl Engine {
         let resource = match (&request.id, request.version, request.history) {
             (None, _, _) => {
                 let link = format!("{}/{t}", self.base);
-                self.search(Some(t), &pairs, Handling::Lenient, &link)?
+                self.search(
+                    Some(t),
+                    &pairs,
+                    Handling::Lenient,
+                    &link,
+                    &principal.page_owner(),
+                )?
             }
             (Some(id), None, false) => self.store.read(t, id)?.resource.unwrap_or(Value::Null),
             (Some(id), Some(v), _) => self.store.vread(t, id, v)?.resource.ok_or_else(|| {

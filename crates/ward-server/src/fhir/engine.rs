@@ -193,6 +193,12 @@ impl Engine {
     ) -> FhirResult<WriteResult> {
         check_resource(&resource, resource_type)?;
         if let Some(query) = if_none_exist {
+            // The header holds the query part of a search URL. Some clients
+            // send the `Type?criteria` form, so that prefix is accepted too.
+            let query = query
+                .strip_prefix(resource_type)
+                .and_then(|rest| rest.strip_prefix('?'))
+                .unwrap_or(query);
             let found = self.conditional_matches(tx, resource_type, query, 1)?;
             match found.as_slice() {
                 [] => {}

@@ -22,7 +22,7 @@ use crate::fhir::engine::{Engine, check_type, query_pairs, truncate};
 use crate::fhir::response::{Prefer, if_match, json_response, resource_response, write_response};
 use crate::scopes::Permission;
 
-/// What every authenticated FHIR handler needs from the request head.
+/// The request context of every authenticated FHIR handler.
 pub struct Ctx {
     /// The caller.
     pub principal: Principal,
@@ -191,7 +191,7 @@ fn self_link(engine: &Engine, path: &str, raw_query: &str) -> String {
     }
 }
 
-/// The routes under `/fhir`.
+/// Builds the routes under `/fhir`.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/fhir/metadata", get(metadata))
@@ -215,8 +215,10 @@ pub fn router() -> Router<AppState> {
         .route("/fhir/{type}/{id}/_history/{vid}", get(vread))
 }
 
-async fn metadata(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(err) = negotiate(&headers, &[]) {
+async fn metadata(State(state): State<AppState>, headers: HeaderMap, uri: http::Uri) -> Response {
+    let negotiated =
+        query_pairs(uri.query().unwrap_or("")).and_then(|query| negotiate(&headers, &query));
+    if let Err(err) = negotiated {
         return err.into_response();
     }
     json_response(StatusCode::OK, &state.capability)
@@ -231,16 +233,14 @@ async fn read(
     ctx.principal.require(&resource_type, Permission::Read)?;
     let engine = state.engine.clone();
     let version = blocking(move || Ok(engine.store.read(&resource_type, &id)?)).await?;
-    if let Some(tag) = ctx
+    let tag = ctx
         .headers
         .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-    {
-        if crate::fhir::response::parse_etag(tag) == Some(version.version) {
-            let mut response = StatusCode::NOT_MODIFIED.into_response();
-            crate::fhir::response::version_headers(response.headers_mut(), &version);
-            return Ok(response);
-        }
+        .and_then(|v| v.to_str().ok());
+    if tag.and_then(crate::fhir::response::parse_etag) == Some(version.version) {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        crate::fhir::response::version_headers(response.headers_mut(), &version);
+        return Ok(response);
     }
     let resource = version.resource.clone().unwrap_or(Value::Null);
     let resource = shape_single(&ctx, resource);
@@ -446,8 +446,10 @@ async fn run_search(
     link: String,
 ) -> FhirResult<Response> {
     let handling = handling(ctx);
+    let owner = ctx.principal.page_owner();
     let bundle =
-        blocking(move || engine.search(resource_type.as_deref(), &pairs, handling, &link)).await?;
+        blocking(move || engine.search(resource_type.as_deref(), &pairs, handling, &link, &owner))
+            .await?;
     Ok(json_response(StatusCode::OK, &bundle))
 }
 
@@ -501,24 +503,14 @@ async fn type_search_post(
 
 async fn system_search(State(state): State<AppState>, ctx: Ctx) -> FhirResult<Response> {
     let paging = ctx.query.iter().any(|(k, _)| k == "_getpages");
-    if !paging {
+    let allowed =
         ctx.principal
-            .require("*", Permission::Search)
-            .or_else(|_| {
-                if ctx
-                    .principal
-                    .scopes
-                    .resources
-                    .iter()
-                    .any(|s| s.resource_type == "*" && s.permissions.contains('s'))
-                {
-                    Ok(())
-                } else {
-                    Err(FhirError::forbidden(
-                        "system-level search needs a scope on all resource types (*)",
-                    ))
-                }
-            })?;
+            .scopes
+            .allows("*", Permission::Search, ctx.principal.patient.is_some());
+    if !paging && !allowed {
+        return Err(FhirError::forbidden(
+            "system-level search needs a search scope on all resource types (*)",
+        ));
     }
     let link = self_link(&state.engine, "", &ctx.raw_query);
     let pairs = ctx.query.clone();

@@ -19,6 +19,8 @@ use crate::fhir::response::http_date;
 struct PageContext {
     summary: Option<SummaryMode>,
     elements: Option<Vec<String>>,
+    /// Who ran the search: only the same caller may read later pages.
+    owner: String,
 }
 
 fn summary_code(mode: SummaryMode) -> &'static str {
@@ -47,6 +49,7 @@ impl PageContext {
         json!({
             "summary": self.summary.map(summary_code),
             "elements": self.elements,
+            "owner": self.owner,
         })
         .to_string()
     }
@@ -60,7 +63,12 @@ impl PageContext {
                 .filter_map(|v| v.as_str().map(str::to_owned))
                 .collect()
         });
-        Self { summary, elements }
+        let owner = value["owner"].as_str().unwrap_or_default().to_owned();
+        Self {
+            summary,
+            elements,
+            owner,
+        }
     }
 
     fn shape(&self, resource: &Value) -> Value {
@@ -97,18 +105,26 @@ fn parse_usize(pairs: &[(String, String)], name: &str) -> FhirResult<Option<usiz
 impl Engine {
     /// Runs a search (type-level when `resource_type` is set, system-level
     /// otherwise) and returns the searchset Bundle. `self_link` is the URL
-    /// that requested it.
+    /// that requested it; `owner` identifies the caller (see
+    /// [`Principal::page_owner`](crate::auth::Principal::page_owner)), and
+    /// later pages of the result set are served to the same owner only.
     pub fn search(
         &self,
         resource_type: Option<&str>,
         pairs: &[(String, String)],
         handling: Handling,
         self_link: &str,
+        owner: &str,
     ) -> FhirResult<Value> {
         if let Some(snapshot) = param(pairs, "_getpages") {
             let offset = parse_usize(pairs, "_getpagesoffset")?.unwrap_or(0);
             let count = self.page_size(parse_usize(pairs, "_count")?);
             let page = self.store.search_page(snapshot, offset, count, None)?;
+            if PageContext::decode(&page.context).owner != owner {
+                // The same answer as an expired result set, so a page id
+                // reveals nothing to another caller.
+                return Err(ward_store::StoreError::SnapshotExpired(truncate(snapshot, 40)).into());
+            }
             return Ok(self.searchset(&page, count, self_link, &[]));
         }
         let query: SearchQuery = parse_query(resource_type, pairs, handling)?;
@@ -121,6 +137,7 @@ impl Engine {
         let context = PageContext {
             summary: query.summary,
             elements: query.elements.clone(),
+            owner: owner.to_owned(),
         };
         let request = PageRequest {
             count,
@@ -128,7 +145,9 @@ impl Engine {
             context: context.encode(),
         };
         let mut page = self.store.search(&query, &request, None)?;
-        if summary_count {
+        // `_count=0`, like `_summary=count`, requests the total alone, so
+        // there are no pages to link.
+        if count == 0 {
             page.snapshot = None;
         }
         Ok(self.searchset(&page, count, self_link, &query.ignored))
@@ -184,7 +203,9 @@ impl Engine {
                 )
             };
             links.push(("first", page_link(0)));
-            if page.has_next() {
+            // The window of this page decides, not the entries it holds: a
+            // match deleted since the search leaves a page short.
+            if count > 0 && page.offset + count < page.total {
                 links.push(("next", page_link(page.offset + count)));
             }
             if page.offset > 0 {

@@ -2,6 +2,7 @@
 //! journaling with `synchronous=FULL` so an acknowledged write survives a
 //! crash.
 
+mod kv;
 mod read;
 mod schema;
 mod snapshots;
@@ -33,8 +34,8 @@ pub struct SqliteOptions {
     pub path: PathBuf,
     /// How many read connections to keep.
     pub readers: usize,
-    /// The most candidates a search may decrypt to check criteria that the
-    /// indexes cannot answer.
+    /// The maximum number of candidates a search may decrypt to check
+    /// criteria that the indexes cannot evaluate.
     pub max_scan: usize,
 }
 
@@ -170,6 +171,48 @@ pub(crate) fn now_micros() -> i64 {
 }
 
 impl Store for SqliteStore {
+    fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        self.with_reader(|conn| kv::get(conn, &self.codec, ns, key))
+    }
+
+    fn kv_put(&self, ns: &str, key: &str, value: &[u8], expires: Option<i64>) -> Result<()> {
+        kv::put(&self.writer.lock(), &self.codec, ns, key, value, expires)
+    }
+
+    fn kv_insert_new(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        expires: Option<i64>,
+    ) -> Result<bool> {
+        let conn = self.writer.lock();
+        kv::insert_new(&conn, &self.codec, ns, key, value, expires)
+    }
+
+    fn kv_take(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let conn = self.writer.lock();
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        match kv::take(&conn, &self.codec, ns, key) {
+            Ok(value) => {
+                conn.execute_batch("COMMIT")?;
+                Ok(value)
+            }
+            Err(err) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(err)
+            }
+        }
+    }
+
+    fn kv_delete(&self, ns: &str, key: &str) -> Result<bool> {
+        kv::delete(&self.writer.lock(), ns, key)
+    }
+
+    fn kv_list(&self, ns: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.with_reader(|conn| kv::list(conn, &self.codec, ns, prefix))
+    }
+
     fn read(&self, resource_type: &str, id: &str) -> Result<ResourceVersion> {
         self.with_reader(|conn| self.reader().read(conn, resource_type, id))
     }

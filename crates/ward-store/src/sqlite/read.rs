@@ -20,7 +20,8 @@ use crate::types::{
 };
 use crate::{Result, StoreError};
 
-/// The most resources `_include` and `_revinclude` add to one page.
+/// The maximum number of resources `_include` and `_revinclude` add to one
+/// page.
 const MAX_INCLUDED: usize = 1_000;
 
 /// The columns [`Reader::decode`] expects, from `versions v`.

@@ -5,7 +5,8 @@ use rusqlite::Connection;
 use crate::Result;
 
 /// Each migration, in order; migration `n` moves the schema to version `n + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE data_keys (
     id INTEGER PRIMARY KEY,
     wrapped BLOB NOT NULL,
@@ -97,7 +98,19 @@ CREATE TABLE idx_uri (
 );
 CREATE INDEX idx_uri_lookup ON idx_uri (param, hash);
 CREATE INDEX idx_uri_res ON idx_uri (res_pk);
-"#];
+"#,
+    r#"
+CREATE TABLE kv (
+    ns TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    key_id INTEGER NOT NULL,
+    expires INTEGER,
+    PRIMARY KEY (ns, key)
+);
+CREATE INDEX kv_expires ON kv (expires);
+"#,
+];
 
 /// The schema version this build expects.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -106,6 +119,11 @@ pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// so a failing migration leaves the schema as it was.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if current > SCHEMA_VERSION {
+        return Err(crate::StoreError::Database(format!(
+            "the database has schema version {current}, newer than the {SCHEMA_VERSION} this build supports; run a newer ward"
+        )));
+    }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;

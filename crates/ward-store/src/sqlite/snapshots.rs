@@ -9,7 +9,8 @@ use parking_lot::Mutex;
 
 use crate::types::SnapshotSettings;
 
-/// The most result sets kept at once; the oldest go first.
+/// The maximum number of result sets kept at once. When full, the one that
+/// expires first is evicted.
 const MAX_SNAPSHOTS: usize = 2_000;
 
 struct Snapshot {
@@ -32,14 +33,13 @@ impl Snapshots {
         let ttl = Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(0).max(1));
         let mut inner = self.inner.lock();
         inner.retain(|_, s| s.expires > now);
-        if inner.len() >= MAX_SNAPSHOTS {
-            if let Some(oldest) = inner
+        if inner.len() >= MAX_SNAPSHOTS
+            && let Some(oldest) = inner
                 .iter()
                 .min_by_key(|(_, s)| s.expires)
                 .map(|(k, _)| k.clone())
-            {
-                inner.remove(&oldest);
-            }
+        {
+            inner.remove(&oldest);
         }
         inner.insert(
             id.clone(),

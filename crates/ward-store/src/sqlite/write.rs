@@ -277,15 +277,15 @@ impl WriteTx for SqliteWriteTx<'_> {
             .as_ref()
             .filter(|c| !c.deleted)
             .map_or(0, |c| c.version);
-        if let Some(expected) = if_match {
-            if expected != live_version {
-                return Err(StoreError::VersionConflict {
-                    resource_type,
-                    id,
-                    expected,
-                    current: live_version,
-                });
-            }
+        if let Some(expected) = if_match
+            && expected != live_version
+        {
+            return Err(StoreError::VersionConflict {
+                resource_type,
+                id,
+                expected,
+                current: live_version,
+            });
         }
         let created = live_version == 0;
         let method = if current.is_none() {
@@ -357,10 +357,10 @@ impl WriteTx for SqliteWriteTx<'_> {
 
 impl Drop for SqliteWriteTx<'_> {
     fn drop(&mut self) {
-        if self.open {
-            if let Err(error) = self.conn.execute_batch("ROLLBACK") {
-                tracing::error!(%error, "rolling back a write transaction failed");
-            }
+        if self.open
+            && let Err(error) = self.conn.execute_batch("ROLLBACK")
+        {
+            tracing::error!(%error, "rolling back a write transaction failed");
         }
     }
 }

@@ -1,0 +1,337 @@
+//! A test harness that runs the real `ward` binary over HTTPS.
+//!
+//! Each [`Server`] owns a fresh temporary data directory, listens on a free
+//! loopback port and is killed when dropped. Its stderr goes to a file so a
+//! test can read the server log at any time.
+
+#![allow(dead_code)]
+
+pub mod fixtures;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::HeaderMap;
+use reqwest::{Client, Method, RequestBuilder, StatusCode};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// The path of the `ward` binary that cargo built for these tests.
+pub const WARD: &str = env!("CARGO_BIN_EXE_ward");
+
+/// How long a server may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many times a start is retried when another process took the port.
+const START_ATTEMPTS: usize = 3;
+
+/// A response as the helpers return it: status, headers and the body as
+/// JSON. An empty body is `Value::Null`; a body that is not JSON is a
+/// `Value::String` with the raw text.
+pub type Reply = (StatusCode, HeaderMap, Value);
+
+/// A running `ward serve` child process.
+pub struct Server {
+    child: Child,
+    root: Option<TempDir>,
+    data: PathBuf,
+    origin: String,
+    client: Client,
+}
+
+impl Server {
+    /// Starts a server with the default options.
+    pub fn start() -> Server {
+        Server::start_with(&[], &[])
+    }
+
+    /// Starts a server with extra `serve` arguments and environment
+    /// variables. `--data` and `--listen` are always set by the harness.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let root = tempfile::tempdir().expect("create a temporary directory");
+        let data = root.path().join("data");
+        Server::start_in(root, data, args, env)
+    }
+
+    /// Starts a server on an existing data directory inside `root`, for
+    /// tests that restart a server on the same data.
+    pub fn start_in(root: TempDir, data: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut last_error = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let log = root.path().join("stderr.log");
+            match spawn(&data, &log, port, args, env) {
+                Ok(child) => {
+                    let origin = format!("https://127.0.0.1:{port}");
+                    let client = client_for(&data);
+                    return Server {
+                        child,
+                        root: Some(root),
+                        data,
+                        origin,
+                        client,
+                    };
+                }
+                Err(error) if error.contains("Address already in use") => last_error = error,
+                Err(error) => panic!("ward serve did not start: {error}"),
+            }
+        }
+        panic!("ward serve did not start after {START_ATTEMPTS} attempts: {last_error}");
+    }
+
+    /// Stops this server and returns its temporary root and data directory,
+    /// so a test can start a new server on the same data.
+    pub fn stop(mut self) -> (TempDir, PathBuf) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let root = self.root.take().expect("the root is set until stop");
+        (root, self.data.clone())
+    }
+
+    /// The FHIR base URL, such as `https://127.0.0.1:PORT/fhir`.
+    pub fn base(&self) -> String {
+        format!("{}/fhir", self.origin)
+    }
+
+    /// The server origin, such as `https://127.0.0.1:PORT`.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// The process id of the server.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn stderr_log(&self) -> String {
+        self.root
+            .as_ref()
+            .map(|root| std::fs::read_to_string(root.path().join("stderr.log")))
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for the server to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Mints an access token with `ward token` for `scope`, valid for 1 h.
+    pub fn token(&self, scope: &str) -> String {
+        self.token_with(scope, &[])
+    }
+
+    /// Mints an access token with extra `ward token` arguments, such as
+    /// `["--ttl", "1s"]` or `["--patient", "123"]`.
+    pub fn token_with(&self, scope: &str, extra: &[&str]) -> String {
+        let data = self.data.to_str().expect("data path is UTF-8");
+        let output = Command::new(WARD)
+            .args(["token", "--data", data, "--scope", scope])
+            .args(extra)
+            .env_remove("WARD_LISTEN")
+            .env_remove("WARD_BASE_URL")
+            .output()
+            .expect("run ward token");
+        assert!(
+            output.status.success(),
+            "ward token failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .expect("token is UTF-8")
+            .trim()
+            .to_owned()
+    }
+
+    /// An HTTPS client that trusts only this server's CA (`ca.pem`).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The URL of `path`: absolute URLs pass through, paths starting with
+    /// `/fhir` or `/healthz` are taken from the origin, and anything else
+    /// is relative to the FHIR base.
+    pub fn url(&self, path: &str) -> String {
+        if path.starts_with("https://") || path.starts_with("http://") {
+            path.to_owned()
+        } else if path == "/fhir"
+            || path.starts_with("/fhir/")
+            || path.starts_with("/fhir?")
+            || path.starts_with("/healthz")
+        {
+            format!("{}{path}", self.origin)
+        } else {
+            format!("{}/{}", self.base(), path.trim_start_matches('/'))
+        }
+    }
+
+    /// A request builder for `method` on `path` with `token` as the bearer
+    /// token (no `Authorization` header when `token` is empty).
+    pub fn request(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
+        let builder = self.client.request(method, self.url(path));
+        if token.is_empty() {
+            builder
+        } else {
+            builder.bearer_auth(token)
+        }
+    }
+
+    /// GET `path`.
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        send(self.request(Method::GET, path, token)).await
+    }
+
+    /// POST `body` as `application/fhir+json` to `path`.
+    pub async fn post_json(&self, path: &str, token: &str, body: &Value) -> Reply {
+        send(json_body(self.request(Method::POST, path, token), body)).await
+    }
+
+    /// PUT `body` as `application/fhir+json` to `path`.
+    pub async fn put_json(&self, path: &str, token: &str, body: &Value) -> Reply {
+        send(json_body(self.request(Method::PUT, path, token), body)).await
+    }
+
+    /// DELETE `path`.
+    pub async fn delete(&self, path: &str, token: &str) -> Reply {
+        send(self.request(Method::DELETE, path, token)).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Adds `body` as an `application/fhir+json` body.
+pub fn json_body(builder: RequestBuilder, body: &Value) -> RequestBuilder {
+    builder
+        .header("content-type", "application/fhir+json")
+        .body(serde_json::to_vec(body).expect("serialize the body"))
+}
+
+/// Sends a request and reads the reply; a transport error panics.
+pub async fn send(builder: RequestBuilder) -> Reply {
+    let response = builder.send().await.expect("send the request");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.expect("read the response body");
+    (status, headers, parse_body(&bytes))
+}
+
+/// Parses a response body: empty is `Null`, JSON is parsed, anything else
+/// becomes a string.
+pub fn parse_body(bytes: &[u8]) -> Value {
+    if bytes.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// A header value as text, or "" when it is missing.
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// Returns a port that was free a moment ago.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Spawns `ward serve` and waits until it prints that it is serving.
+/// Returns the stderr log as the error when it exits or times out.
+fn spawn(
+    data: &Path,
+    log: &Path,
+    port: u16,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Child, String> {
+    let stderr = File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
+    let mut command = Command::new(WARD);
+    command
+        .arg("serve")
+        .arg("--data")
+        .arg(data)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(args)
+        .env_remove("WARD_LISTEN")
+        .env_remove("WARD_BASE_URL")
+        .env_remove("WARD_DATA")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr));
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().map_err(|e| format!("spawn {WARD}: {e}"))?;
+
+    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Keep draining stdout after the banner so the server never blocks
+        // on a full pipe.
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("Ward is serving") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if ready_rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+            return Ok(child);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(format!("ward serve exited with {status}; stderr:\n{log}"));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(format!(
+                "ward serve did not listen within {START_TIMEOUT:?}; stderr:\n{log}"
+            ));
+        }
+    }
+}
+
+/// Builds a client that trusts only `DATA/ca.pem`.
+fn client_for(data: &Path) -> Client {
+    let pem = std::fs::read(data.join("ca.pem")).expect("read ca.pem");
+    let ca = reqwest::Certificate::from_pem(&pem).expect("parse ca.pem");
+    Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("build the HTTPS client")
+}
