@@ -7,6 +7,7 @@
 //! `definitions/`, which `tools/gen-fhir-definitions.py` builds from the
 //! `hl7.fhir.r4.examples` 4.0.1 package.
 
+pub mod compartment;
 pub mod definitions;
 pub mod fhirpath;
 pub mod outcome;

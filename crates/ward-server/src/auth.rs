@@ -31,6 +31,33 @@ pub struct AccessClaims {
     /// The patient in context, for `patient/` scopes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patient: Option<String>,
+    /// The user's role in the access policy (absent for system clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The FHIR resource that represents the user, such as
+    /// `Practitioner/123` (SMART `fhirUser`).
+    #[serde(rename = "fhirUser", default, skip_serializing_if = "Option::is_none")]
+    pub fhir_user: Option<String>,
+    /// The OAuth client the token was issued to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// What a new access token grants.
+#[derive(Debug, Clone, Default)]
+pub struct Grant {
+    /// The subject: a user id, a client id, or `ward-cli`.
+    pub subject: String,
+    /// The granted scopes, space-separated.
+    pub scope: String,
+    /// The patient in context.
+    pub patient: Option<String>,
+    /// The user's role.
+    pub role: Option<String>,
+    /// The user's `fhirUser` reference.
+    pub fhir_user: Option<String>,
+    /// The OAuth client.
+    pub client_id: Option<String>,
 }
 
 /// Signs access tokens with the organization's token key.
@@ -52,28 +79,39 @@ impl TokenIssuer {
         }
     }
 
-    /// Signs a token for `subject` with `scope`, valid for `ttl_secs`.
+    /// Signs a token for `grant`, valid for `ttl_secs`.
     pub fn issue(
         &self,
-        subject: &str,
-        scope: &str,
-        patient: Option<&str>,
+        grant: &Grant,
         ttl_secs: i64,
     ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.issue_claims(grant, ttl_secs).map(|(token, _)| token)
+    }
+
+    /// Signs a token for `grant` and returns it with its claims.
+    pub fn issue_claims(
+        &self,
+        grant: &Grant,
+        ttl_secs: i64,
+    ) -> Result<(String, AccessClaims), jsonwebtoken::errors::Error> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let claims = AccessClaims {
             iss: self.issuer.clone(),
-            sub: subject.to_owned(),
+            sub: grant.subject.clone(),
             aud: self.audience.clone(),
             exp: now + ttl_secs,
             iat: now,
             jti: uuid::Uuid::new_v4().to_string(),
-            scope: scope.to_owned(),
-            patient: patient.map(str::to_owned),
+            scope: grant.scope.clone(),
+            patient: grant.patient.clone(),
+            role: grant.role.clone(),
+            fhir_user: grant.fhir_user.clone(),
+            client_id: grant.client_id.clone(),
         };
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.key)
+        let token = jsonwebtoken::encode(&header, &claims, &self.key)?;
+        Ok((token, claims))
     }
 }
 
@@ -149,6 +187,14 @@ pub struct Principal {
     pub patient: Option<String>,
     /// The token id.
     pub token_id: String,
+    /// The user's role, for user tokens; `None` for system clients.
+    pub role: Option<String>,
+    /// The user's `fhirUser` reference.
+    pub fhir_user: Option<String>,
+    /// The OAuth client the token was issued to.
+    pub client_id: Option<String>,
+    /// When the token expires, in seconds since the Unix epoch.
+    pub expires: i64,
 }
 
 impl Principal {
@@ -169,6 +215,21 @@ impl Principal {
 }
 
 impl Principal {
+    /// A system principal for in-process work (imports, maintenance) with
+    /// the given scopes and no user, patient or expiry.
+    pub fn system(subject: &str, scope: &str) -> Self {
+        Self {
+            subject: subject.to_owned(),
+            scopes: Scopes::parse(scope),
+            patient: None,
+            token_id: format!("local-{subject}"),
+            role: None,
+            fhir_user: None,
+            client_id: None,
+            expires: i64::MAX,
+        }
+    }
+
     /// Identifies the caller for paging: the subject, scopes and patient
     /// context together, so a result set is paged only by a caller with the
     /// same access as the one that ran the search.
@@ -184,6 +245,22 @@ impl Principal {
 
 /// Reads the bearer token of a request and verifies it.
 pub fn authenticate(headers: &HeaderMap, verifier: &TokenVerifier) -> Result<Principal, FhirError> {
+    let result = authenticate_bearer(headers, verifier);
+    if result.is_err() {
+        let reason = if headers.contains_key(http::header::AUTHORIZATION) {
+            "invalid_token"
+        } else {
+            "missing_token"
+        };
+        crate::metrics::record_auth_failure(reason);
+    }
+    result
+}
+
+fn authenticate_bearer(
+    headers: &HeaderMap,
+    verifier: &TokenVerifier,
+) -> Result<Principal, FhirError> {
     let Some(value) = headers.get(http::header::AUTHORIZATION) else {
         return Err(FhirError::unauthorized(
             "",
@@ -208,5 +285,9 @@ pub fn authenticate(headers: &HeaderMap, verifier: &TokenVerifier) -> Result<Pri
         scopes: Scopes::parse(&claims.scope),
         patient: claims.patient,
         token_id: claims.jti,
+        role: claims.role,
+        fhir_user: claims.fhir_user,
+        client_id: claims.client_id,
+        expires: claims.exp,
     })
 }

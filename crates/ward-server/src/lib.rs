@@ -4,9 +4,12 @@
 //! A request passes TLS, then authentication (the `Ctx` extractor), then
 //! the scope check in each handler, then the engine and the store.
 
+pub mod access;
 pub mod auth;
 pub mod error;
 pub mod fhir;
+pub mod metrics;
+pub mod oauth;
 pub mod scopes;
 pub mod setup;
 pub mod tls;
@@ -34,17 +37,33 @@ pub struct AppState {
     pub verifier: Arc<TokenVerifier>,
     /// The CapabilityStatement, built once.
     pub capability: Arc<Value>,
+    /// The OAuth 2.0 authorization server, when this application runs one.
+    pub oauth: Option<Arc<oauth::OAuthServer>>,
 }
 
 impl AppState {
     /// Creates the state for an engine and a token verifier.
     pub fn new(engine: Arc<Engine>, verifier: Arc<TokenVerifier>) -> Self {
         let capability = fhir::capability::capability_statement(&engine.base, None);
+        metrics::handle();
         Self {
             engine,
             verifier,
             capability: Arc::new(capability),
+            oauth: None,
         }
+    }
+
+    /// Adds the authorization server, whose endpoints the CapabilityStatement
+    /// then advertises.
+    pub fn with_oauth(mut self, server: Arc<oauth::OAuthServer>) -> Self {
+        let security = server.capability_security();
+        self.capability = Arc::new(fhir::capability::capability_statement(
+            &self.engine.base,
+            Some(security),
+        ));
+        self.oauth = Some(server);
+        self
     }
 }
 
@@ -52,11 +71,47 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     fhir::routes::router()
         .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/readyz", axum::routing::get(readyz))
+        .route("/metrics", axum::routing::get(metrics_page))
+        .merge(oauth::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn_with_state(state.clone(), access_log))
         .with_state(state)
+}
+
+/// Reports whether the store answers, for load balancers.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let store = state.engine.store.clone();
+    let ready = tokio::task::spawn_blocking(move || store.kv_get("health", "ready").is_ok())
+        .await
+        .unwrap_or(false);
+    if ready {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        tracing::warn!("readiness check failed: the store did not answer");
+        (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()
+    }
+}
+
+/// Renders the Prometheus metrics for a caller whose token carries the
+/// `metrics` scope.
+async fn metrics_page(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
+    let principal = match auth::authenticate(&headers, &state.verifier) {
+        Ok(principal) => principal,
+        Err(err) => return err.into_response(),
+    };
+    if !principal.scopes.raw.iter().any(|s| s == "metrics") {
+        return FhirError::forbidden("reading metrics needs the 'metrics' scope").into_response();
+    }
+    let body = metrics::handle().map(|h| h.render()).unwrap_or_default();
+    let mut response = (StatusCode::OK, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 async fn not_found() -> Response {
@@ -99,6 +154,12 @@ async fn access_log(State(_state): State<AppState>, request: Request, next: Next
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
+    metrics::record_request(
+        method.as_str(),
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     tracing::info!(
         target: "ward::http",
         %method,

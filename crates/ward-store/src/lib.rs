@@ -7,18 +7,24 @@
 //! ranges for dates and numbers.
 //!
 //! The [`Store`] trait is what the server uses; [`SqliteStore`] is the
-//! embedded default backend. All calls are synchronous: async callers run them
-//! on a blocking thread.
+//! embedded default backend and [`PostgresStore`] the one for several server
+//! replicas on a shared database; [`open`] picks one from a database
+//! locator. All calls are synchronous: async callers run them on a blocking
+//! thread.
 
 mod codec;
 mod error;
 mod index;
+mod open;
+mod postgres;
 mod search;
 mod sqlite;
 mod types;
 
 pub use codec::ResourceCodec;
 pub use error::{Result, StoreError};
+pub use open::{Database, open};
+pub use postgres::{MigrationReport, POSTGRES_SCHEMA_VERSION, PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use types::*;
 

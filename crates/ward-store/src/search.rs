@@ -330,7 +330,7 @@ fn token_sql(codec: &ResourceCodec, criterion: &Criterion, frag: &mut Fragment) 
     open_subquery(frag, "idx_token", param, negate);
     for (i, value) in criterion.values.iter().enumerate() {
         let SearchValue::Token { system, code } = value else {
-            frag.push("0))");
+            frag.push("1 = 0))");
             return false;
         };
         if i > 0 {

@@ -166,6 +166,12 @@ pub type Visibility<'a> = &'a (dyn Fn(&ResourceVersion) -> bool + Sync);
 /// stored in clear, so callers use ids or hashes as keys, never PHI or
 /// secrets; values are sealed like resources.
 pub trait Store: Send + Sync {
+    /// Returns a keyed hash (hex) of `value` under `domain`, for record
+    /// keys derived from personal data such as a user name: equal inputs
+    /// give equal keys, and the key reveals nothing without the store's
+    /// index key.
+    fn blind(&self, domain: &str, value: &str) -> String;
+
     /// Reads a record that has not expired.
     fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>>;
 

@@ -26,6 +26,12 @@ pub enum Command {
     Token(TokenArgs),
     /// Load FHIR Bundles and NDJSON files into the store.
     Import(ImportArgs),
+    /// Manage the users who sign in to SMART apps.
+    User(crate::user::UserArgs),
+    /// Manage the OAuth clients (SMART apps and backend services).
+    Client(crate::client::ClientArgs),
+    /// Bring a PostgreSQL database's schema up to date.
+    Migrate(MigrateArgs),
 }
 
 /// The data directory option shared by every command.
@@ -54,7 +60,7 @@ pub struct ServeArgs {
     /// The address to listen on [default: 127.0.0.1:8443].
     #[arg(long, env = "WARD_LISTEN")]
     pub listen: Option<String>,
-    /// The database: a SQLite file path or `sqlite://PATH` [default: ward.db in the data directory].
+    /// The database: a SQLite file path, `sqlite://PATH`, or a PostgreSQL URL such as `postgres://HOST:5432/ward?user=ward&sslmode=disable` (plain TCP only) [default: ward.db in the data directory].
     #[arg(long, env = "WARD_DATABASE")]
     pub database: Option<String>,
     /// A PEM certificate chain to serve instead of one from the built-in CA; reloaded when the file changes.
@@ -72,6 +78,12 @@ pub struct ServeArgs {
     /// How long, in seconds, SIGTERM waits for requests in flight [default: 30].
     #[arg(long, env = "WARD_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<u64>,
+    /// A web sign-in session ends after this long without use: a number with s, m or h [default: 15m].
+    #[arg(long, env = "WARD_SESSION_IDLE")]
+    pub session_idle: Option<String>,
+    /// A web sign-in session ends this long after sign-in, however it is used: a number with s, m or h [default: 12h].
+    #[arg(long, env = "WARD_SESSION_MAX")]
+    pub session_max: Option<String>,
 }
 
 /// Options of `ward token`.
@@ -92,6 +104,12 @@ pub struct TokenArgs {
     /// A patient id to put in context, for patient/ scopes.
     #[arg(long)]
     pub patient: Option<String>,
+    /// A role from the access policy (physician, nurse, pharmacist, front_desk, security_admin, auditor, patient), for a token that acts as a user.
+    #[arg(long)]
+    pub role: Option<String>,
+    /// The user's FHIR resource, such as Practitioner/123 (SMART fhirUser).
+    #[arg(long)]
+    pub fhir_user: Option<String>,
 }
 
 /// Options of `ward import`.
@@ -112,4 +130,15 @@ pub struct ImportArgs {
     /// Files or folders of FHIR Bundles (.json) and NDJSON (.ndjson).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+}
+
+/// Options of `ward migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// The data directory, whose `ward.toml` may name the database.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The PostgreSQL URL of the database to migrate.
+    #[arg(long, env = "WARD_DATABASE")]
+    pub database: Option<String>,
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
+use ward_store::Database;
 
 use crate::cli::ServeArgs;
 
@@ -19,6 +20,8 @@ struct FileSettings {
     base_url: Option<String>,
     max_body_bytes: Option<usize>,
     shutdown_grace: Option<u64>,
+    session_idle: Option<String>,
+    session_max: Option<String>,
 }
 
 /// Resolved settings.
@@ -28,7 +31,10 @@ pub struct Settings {
     pub data: PathBuf,
     /// The listen address.
     pub listen: String,
-    /// The SQLite database file.
+    /// Where the store lives: SQLite (the default) or PostgreSQL.
+    pub store: Database,
+    /// The SQLite database file: `ward.db` in the data directory unless a
+    /// SQLite path was given. Unused when `store` is PostgreSQL.
     pub database: PathBuf,
     /// External TLS certificate and key.
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -38,6 +44,10 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Seconds to drain requests on SIGTERM.
     pub shutdown_grace: u64,
+    /// Seconds without use after which a web sign-in session ends.
+    pub session_idle: i64,
+    /// Seconds after sign-in at which a web sign-in session ends.
+    pub session_max: i64,
 }
 
 impl Settings {
@@ -66,12 +76,13 @@ pub fn resolve(args: &ServeArgs) -> Result<Settings> {
         .clone()
         .or(file.listen)
         .unwrap_or_else(|| "127.0.0.1:8443".to_owned());
-    let database = match args.database.clone().or(file.database) {
-        None => data.join("ward.db"),
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            bail!("PostgreSQL is not supported by this build yet; use a SQLite path")
-        }
-        Some(url) => PathBuf::from(url.strip_prefix("sqlite://").unwrap_or(&url)),
+    let store = Database::from_locator(
+        args.database.clone().or(file.database).as_deref(),
+        &data.join("ward.db"),
+    );
+    let database = match &store {
+        Database::Sqlite(path) => path.clone(),
+        Database::Postgres(_) => data.join("ward.db"),
     };
     let tls = match (
         args.tls_cert.clone().or(file.tls_cert),
@@ -88,9 +99,21 @@ pub fn resolve(args: &ServeArgs) -> Result<Settings> {
             .to_owned(),
         None => origin_for(&listen),
     };
+    let session_idle = match args.session_idle.clone().or(file.session_idle) {
+        Some(text) => parse_session_duration("session_idle", &text)?,
+        None => 15 * 60,
+    };
+    let session_max = match args.session_max.clone().or(file.session_max) {
+        Some(text) => parse_session_duration("session_max", &text)?,
+        None => 12 * 3600,
+    };
+    if session_idle > session_max {
+        bail!("session_idle must not be longer than session_max");
+    }
     Ok(Settings {
         data,
         listen,
+        store,
         database,
         tls,
         origin,
@@ -99,7 +122,34 @@ pub fn resolve(args: &ServeArgs) -> Result<Settings> {
             .or(file.max_body_bytes)
             .unwrap_or(32 * 1024 * 1024),
         shutdown_grace: args.shutdown_grace.or(file.shutdown_grace).unwrap_or(30),
+        session_idle,
+        session_max,
     })
+}
+
+/// Longest accepted session timeout: 30 days, in seconds.
+const MAX_SESSION_SECS: i64 = 30 * 86_400;
+
+/// Parses a session timeout such as `90s`, `15m` or `12h` into seconds.
+fn parse_session_duration(name: &str, text: &str) -> Result<i64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let invalid = || format!("{name} '{text}' must be a number followed by s, m or h");
+    let number: i64 = number.parse().with_context(invalid)?;
+    let factor = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => bail!(invalid()),
+    };
+    let secs = number.saturating_mul(factor);
+    if secs <= 0 || secs > MAX_SESSION_SECS {
+        bail!("{name} must be between 1s and 720h, got '{text}'");
+    }
+    Ok(secs)
 }
 
 /// The origin clients use for a listen address; a wildcard address becomes
@@ -120,6 +170,16 @@ fn origin_for(listen: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_durations_parse() {
+        assert_eq!(parse_session_duration("x", "90s").unwrap(), 90);
+        assert_eq!(parse_session_duration("x", "15m").unwrap(), 900);
+        assert_eq!(parse_session_duration("x", "12h").unwrap(), 43_200);
+        for bad in ["", "m", "0s", "5d", "-1m", "721h"] {
+            assert!(parse_session_duration("x", bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn wildcard_listen_becomes_localhost() {

@@ -1,10 +1,14 @@
 //! `ward`: the operator binary. It serves the FHIR API over HTTPS, prints
-//! the CA certificate, mints access tokens and imports FHIR data.
+//! the CA certificate, mints access tokens, imports FHIR data and migrates
+//! PostgreSQL databases.
 
 mod cli;
+mod client;
 mod config;
 mod import;
+mod migrate;
 mod serve;
+mod user;
 
 use clap::Parser;
 
@@ -18,6 +22,9 @@ fn main() -> std::process::ExitCode {
         Command::Ca(args) => serve::print_ca(args),
         Command::Token(args) => serve::print_token(args),
         Command::Import(args) => import::run(args),
+        Command::User(args) => user::run(args),
+        Command::Client(args) => client::run(args),
+        Command::Migrate(args) => migrate::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

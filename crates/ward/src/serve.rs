@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use axum_server::tls_rustls::RustlsConfig;
-use ward_server::auth::{TokenIssuer, TokenVerifier};
+use ward_server::access::Access;
+use ward_server::auth::{Grant, TokenIssuer, TokenVerifier};
 use ward_server::fhir::engine::{Engine, Limits};
+use ward_server::oauth::{OAuthServer, OAuthSettings};
 use ward_server::setup::{DataDir, Keys};
 use ward_server::tls::{CertFiles, server_config};
 use ward_server::{AppState, app};
-use ward_store::{SqliteOptions, SqliteStore};
+use ward_store::Store;
 
 use crate::cli::{DataArgs, ServeArgs, TokenArgs};
 use crate::config::{Settings, resolve};
@@ -32,10 +34,18 @@ pub fn run(args: ServeArgs) -> Result<()> {
     runtime.block_on(serve(settings))
 }
 
-fn open_store(settings: &Settings, keys: &Keys) -> Result<SqliteStore> {
-    let options = SqliteOptions::new(&settings.database);
-    SqliteStore::open(&options, &keys.master)
-        .with_context(|| format!("opening the database {}", settings.database.display()))
+/// Opens the configured store. A new PostgreSQL database gets the schema;
+/// one with an older schema fails until `ward migrate` has run.
+fn open_store(settings: &Settings, keys: &Keys) -> Result<Arc<dyn Store>> {
+    // The PostgreSQL store blocks on its own runtime, which must not happen
+    // on an async worker thread.
+    tokio::task::block_in_place(|| ward_store::open(&settings.store, &keys.master))
+        .with_context(|| format!("opening the database {}", settings.store.describe()))
+}
+
+/// Loads `policy.toml` from the data directory, or the default policy.
+pub fn load_access(settings: &Settings) -> Result<Access> {
+    Access::load_or_default(&settings.data.join("policy.toml")).map_err(anyhow::Error::msg)
 }
 
 /// Builds the token verifier for a server at `settings.origin`.
@@ -62,14 +72,25 @@ async fn serve(settings: Settings) -> Result<()> {
         0o644,
     )?;
     let engine = Arc::new(Engine {
-        store: Arc::new(store),
+        store,
         base: settings.fhir_base(),
         limits: Limits {
             max_body_bytes: settings.max_body_bytes,
             ..Limits::default()
         },
+        access: load_access(&settings)?,
     });
-    let state = AppState::new(engine, Arc::new(verifier(&settings, &keys)?));
+    let verifier = Arc::new(verifier(&settings, &keys)?);
+    let oauth_settings = OAuthSettings::new(&settings.origin, &settings.fhir_base())
+        .with_session_timeouts(settings.session_idle, settings.session_max);
+    let oauth = OAuthServer::new(
+        oauth_settings,
+        engine.store.clone(),
+        &keys.signing,
+        verifier.clone(),
+    )
+    .context("loading the token signing key")?;
+    let state = AppState::new(engine, verifier).with_oauth(Arc::new(oauth));
 
     let tls = match &settings.tls {
         Some((cert, key)) => {
@@ -115,7 +136,7 @@ async fn serve(settings: Settings) -> Result<()> {
 
     let server = axum_server::bind_rustls(addr, tls)
         .handle(handle.clone())
-        .serve(app(state).into_make_service());
+        .serve(app(state).into_make_service_with_connect_info::<SocketAddr>());
     let listening = handle.clone();
     let data_path = settings.data.clone();
     let base = settings.fhir_base();
@@ -211,6 +232,8 @@ pub fn print_token(args: TokenArgs) -> Result<()> {
         base_url: std::env::var("WARD_BASE_URL").ok(),
         max_body_bytes: None,
         shutdown_grace: None,
+        session_idle: None,
+        session_max: None,
     };
     let mut settings = resolve(&serve_args)?;
     if serve_args.listen.is_none()
@@ -234,9 +257,15 @@ pub fn print_token(args: TokenArgs) -> Result<()> {
         &settings.origin,
         &settings.fhir_base(),
     );
-    let token = issuer
-        .issue(&args.subject, &args.scope, args.patient.as_deref(), ttl)
-        .context("signing the token")?;
+    let grant = Grant {
+        subject: args.subject.clone(),
+        scope: args.scope.clone(),
+        patient: args.patient.clone(),
+        role: args.role.clone(),
+        fhir_user: args.fhir_user.clone(),
+        client_id: None,
+    };
+    let token = issuer.issue(&grant, ttl).context("signing the token")?;
     println!("{token}");
     Ok(())
 }

@@ -270,10 +270,7 @@ async fn synthea_bundles_load_and_search() {
     assert_no_plaintext(&data, &phi);
     stop_gracefully(&mut admin.server);
     let files = assert_no_plaintext(&data, &phi);
-    assert!(
-        files.iter().any(|f| f.ends_with("ward.db")),
-        "the scan covered ward.db: {files:?}"
-    );
+    assert_store_scanned(&admin.server, &files, &phi);
 }
 
 #[tokio::test]
@@ -317,13 +314,39 @@ async fn own_patient_is_encrypted_at_rest() {
     assert_no_plaintext(&data, &phi);
     stop_gracefully(&mut admin.server);
     let files = assert_no_plaintext(&data, &phi);
-    assert!(
-        files.iter().any(|f| f.ends_with("ward.db")),
-        "the scan covered ward.db: {files:?}"
-    );
+    assert_store_scanned(&admin.server, &files, &phi);
     // The byte search itself works: it finds a value in the source text.
     assert!(common::fixtures::contains(
         updated.to_string().as_bytes(),
         b"Quillfeather"
     ));
+}
+
+/// Checks that the plaintext scan covered the store: `ward.db` among the
+/// scanned files on SQLite, or every table's rows on PostgreSQL.
+fn assert_store_scanned(server: &common::Server, files: &[std::path::PathBuf], phi: &[String]) {
+    let Some(database) = server.database() else {
+        assert!(
+            files.iter().any(|f| f.ends_with("ward.db")),
+            "the scan covered ward.db: {files:?}"
+        );
+        return;
+    };
+    let dump = database.dump();
+    assert!(
+        common::fixtures::contains(&dump, b"versions"),
+        "the dump covers the versions table"
+    );
+    for needle in phi
+        .iter()
+        .map(|n| n.trim())
+        .filter(|n| n.chars().count() >= 4)
+    {
+        for variant in [needle.to_owned(), needle.to_lowercase()] {
+            assert!(
+                !common::fixtures::contains(&dump, variant.as_bytes()),
+                "the PostgreSQL tables contain the plaintext {variant:?}"
+            );
+        }
+    }
 }

@@ -14,13 +14,14 @@ use ward_fhir::IssueType;
 use ward_fhir::search::Handling;
 use ward_store::{HistoryScope, WriteTx};
 
+use crate::access::Caller;
 use crate::auth::Principal;
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::engine::{
     Engine, WriteResult, bundle, check_type, parse_query, query_pairs, truncate,
 };
 use crate::fhir::response::{ReturnPreference, parse_etag};
-use crate::scopes::Permission;
+use ward_auth::policy::Interaction;
 
 /// One entry's request, parsed.
 #[derive(Debug, Clone)]
@@ -147,21 +148,31 @@ fn entry_resource(entry: &Value, index: usize) -> FhirResult<Value> {
     })
 }
 
-fn permission_for(request: &EntryRequest) -> Permission {
+fn interaction_for(request: &EntryRequest) -> Interaction {
     match request.method.as_str() {
-        "POST" => Permission::Create,
-        "PUT" => Permission::Update,
-        "DELETE" => Permission::Delete,
-        _ if request.id.is_some() && !request.history => Permission::Read,
-        _ => Permission::Search,
+        "POST" => Interaction::Create,
+        "PUT" => Interaction::Update,
+        "DELETE" => Interaction::Delete,
+        _ if request.history => Interaction::History,
+        _ if request.version.is_some() => Interaction::Vread,
+        _ if request.id.is_some() => Interaction::Read,
+        _ => Interaction::Search,
     }
 }
 
 /// Prefixes the paths of an entry's error with its position in the Bundle.
 fn at_entry(mut err: FhirError, index: usize, resource_type: &str) -> FhirError {
     let prefix = format!("Bundle.entry[{index}].resource");
-    err.outcome = err.outcome.nest(resource_type, &prefix);
     for issue in &mut err.outcome.issues {
+        // Paths already rooted at the Bundle (such as request.url) stay.
+        if issue.expression.iter().any(|e| e.starts_with("Bundle.")) {
+            continue;
+        }
+        let nested =
+            ward_fhir::OperationOutcome::single(issue.clone()).nest(resource_type, &prefix);
+        if let Some(nested) = nested.issues.into_iter().next() {
+            *issue = nested;
+        }
         if issue.expression.is_empty() {
             issue.expression.push(format!("Bundle.entry[{index}]"));
         }
@@ -255,8 +266,14 @@ impl Engine {
             ));
         }
         match kind {
-            "transaction" => self.transaction(principal, &entries, prefer),
-            "batch" => Ok(self.batch(principal, &entries, prefer)),
+            "transaction" => {
+                let caller = self.access.caller(&*self.store, principal)?;
+                self.transaction(&caller, &entries, prefer)
+            }
+            "batch" => {
+                let caller = self.access.caller(&*self.store, principal)?;
+                Ok(self.batch(&caller, &entries, prefer))
+            }
             other => Err(FhirError::invalid_at(
                 IssueType::Value,
                 format!(
@@ -270,15 +287,15 @@ impl Engine {
 
     fn transaction(
         &self,
-        principal: &Principal,
+        caller: &Caller<'_>,
         entries: &[Value],
         prefer: ReturnPreference,
     ) -> FhirResult<Value> {
         let mut requests = Vec::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
             let request = parse_request(self, entry, index)?;
-            principal
-                .require(&request.resource_type, permission_for(&request))
+            caller
+                .require_type(&request.resource_type, interaction_for(&request))
                 .map_err(|e| at_entry(e, index, &request.resource_type))?;
             requests.push(request);
         }
@@ -311,7 +328,7 @@ impl Engine {
                 }
                 let fail = |e: FhirError| at_entry(e, index, &request.resource_type);
                 let result = self
-                    .run_planned(tx, entry, index, request, &planned[index], &map)
+                    .run_planned(tx, caller, entry, index, request, &planned[index], &map)
                     .map_err(fail)?;
                 responses[index] = Some(self.write_entry(&result, prefer));
             }
@@ -320,7 +337,7 @@ impl Engine {
 
         for (index, request) in requests.iter().enumerate() {
             if matches!(request.method.as_str(), "GET" | "HEAD") {
-                let result = self.run_get(principal, request);
+                let result = self.run_get(caller, request);
                 responses[index] = Some(match result {
                     Ok(entry) => entry,
                     Err(err) => error_entry(&err),
@@ -375,9 +392,11 @@ impl Engine {
     }
 
     /// Pass two of a transaction for one DELETE, POST or PUT entry.
+    #[allow(clippy::too_many_arguments)]
     fn run_planned(
         &self,
         tx: &mut dyn WriteTx,
+        caller: &Caller<'_>,
         entry: &Value,
         index: usize,
         request: &EntryRequest,
@@ -385,14 +404,20 @@ impl Engine {
         map: &HashMap<String, String>,
     ) -> FhirResult<WriteResult> {
         if request.method == "DELETE" {
-            return self.run_delete(tx, request);
+            return self.run_delete(tx, caller, request);
         }
         match planned {
-            Planned::Exists(id) => Ok(WriteResult {
-                status: StatusCode::OK,
-                version: Some(tx.read(&request.resource_type, id)?),
-                message: "a matching resource exists; nothing was created".into(),
-            }),
+            Planned::Exists(id) => {
+                let existing = tx.read(&request.resource_type, id)?;
+                if let Some(resource) = &existing.resource {
+                    caller.require_resource(Interaction::Read, resource, false)?;
+                }
+                Ok(WriteResult {
+                    status: StatusCode::OK,
+                    version: Some(existing),
+                    message: "a matching resource exists; nothing was created".into(),
+                })
+            }
             Planned::Create(id) | Planned::Update(id) => {
                 let mut resource = entry_resource(entry, index)?;
                 {
@@ -400,10 +425,24 @@ impl Engine {
                     rewrite_references(&mut resource, map, &mut resolve)?;
                 }
                 if request.method == "POST" {
-                    self.create(tx, &request.resource_type, resource, None, Some(id.clone()))
+                    self.create(
+                        tx,
+                        caller,
+                        &request.resource_type,
+                        resource,
+                        None,
+                        Some(id.clone()),
+                    )
                 } else {
                     crate::fhir::engine::set_id(&mut resource, id);
-                    self.update(tx, &request.resource_type, id, resource, request.if_match)
+                    self.update(
+                        tx,
+                        caller,
+                        &request.resource_type,
+                        id,
+                        resource,
+                        request.if_match,
+                    )
                 }
             }
             Planned::None => Err(FhirError::bad_request("entry has nothing to do")),
@@ -443,10 +482,17 @@ impl Engine {
         }
     }
 
-    fn run_delete(&self, tx: &mut dyn WriteTx, request: &EntryRequest) -> FhirResult<WriteResult> {
+    fn run_delete(
+        &self,
+        tx: &mut dyn WriteTx,
+        caller: &Caller<'_>,
+        request: &EntryRequest,
+    ) -> FhirResult<WriteResult> {
         match (&request.id, &request.query) {
-            (Some(id), _) => self.delete(tx, &request.resource_type, id, request.if_match),
-            (None, Some(query)) => self.conditional_delete(tx, &request.resource_type, query),
+            (Some(id), _) => self.delete(tx, caller, &request.resource_type, id, request.if_match),
+            (None, Some(query)) => {
+                self.conditional_delete(tx, caller, &request.resource_type, query)
+            }
             (None, None) => Err(FhirError::bad_request(
                 "a DELETE entry needs Type/id or Type?criteria in request.url",
             )),
@@ -489,8 +535,8 @@ impl Engine {
     }
 
     /// Runs a GET entry.
-    fn run_get(&self, principal: &Principal, request: &EntryRequest) -> FhirResult<Value> {
-        principal.require(&request.resource_type, permission_for(request))?;
+    fn run_get(&self, caller: &Caller<'_>, request: &EntryRequest) -> FhirResult<Value> {
+        caller.require_type(&request.resource_type, interaction_for(request))?;
         let pairs = match &request.query {
             Some(q) => query_pairs(q)?,
             None => Vec::new(),
@@ -499,16 +545,10 @@ impl Engine {
         let resource = match (&request.id, request.version, request.history) {
             (None, _, _) => {
                 let link = format!("{}/{t}", self.base);
-                self.search(
-                    Some(t),
-                    &pairs,
-                    Handling::Lenient,
-                    &link,
-                    &principal.page_owner(),
-                )?
+                self.search(Some(t), &pairs, Handling::Lenient, &link, caller)?
             }
-            (Some(id), None, false) => self.store.read(t, id)?.resource.unwrap_or(Value::Null),
-            (Some(id), Some(v), _) => self.store.vread(t, id, v)?.resource.ok_or_else(|| {
+            (Some(id), None, false) => self.read(caller, t, id)?.resource.unwrap_or(Value::Null),
+            (Some(id), Some(v), _) => self.vread(caller, t, id, v)?.resource.ok_or_else(|| {
                 FhirError::new(
                     StatusCode::GONE,
                     IssueType::Deleted,
@@ -517,18 +557,23 @@ impl Engine {
             })?,
             (Some(id), None, true) => {
                 let link = format!("{}/{t}/{id}/_history", self.base);
-                self.history(HistoryScope::Instance(t.clone(), id.clone()), &pairs, &link)?
+                self.history(
+                    HistoryScope::Instance(t.clone(), id.clone()),
+                    &pairs,
+                    &link,
+                    caller,
+                )?
             }
         };
         Ok(json!({ "resource": resource, "response": { "status": "200 OK" } }))
     }
 
     /// Runs every entry of a batch on its own.
-    fn batch(&self, principal: &Principal, entries: &[Value], prefer: ReturnPreference) -> Value {
+    fn batch(&self, caller: &Caller<'_>, entries: &[Value], prefer: ReturnPreference) -> Value {
         let mut responses = Vec::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
             let response = self
-                .batch_entry(principal, entry, index, prefer)
+                .batch_entry(caller, entry, index, prefer)
                 .unwrap_or_else(|err| error_entry(&err));
             responses.push(response);
         }
@@ -537,24 +582,24 @@ impl Engine {
 
     fn batch_entry(
         &self,
-        principal: &Principal,
+        caller: &Caller<'_>,
         entry: &Value,
         index: usize,
         prefer: ReturnPreference,
     ) -> FhirResult<Value> {
         let request = parse_request(self, entry, index)?;
         let fail = |e: FhirError| at_entry(e, index, &request.resource_type);
-        principal
-            .require(&request.resource_type, permission_for(&request))
+        caller
+            .require_type(&request.resource_type, interaction_for(&request))
             .map_err(fail)?;
         if matches!(request.method.as_str(), "GET" | "HEAD") {
-            return self.run_get(principal, &request).map_err(fail);
+            return self.run_get(caller, &request).map_err(fail);
         }
         let mut transaction = self.store.begin().map_err(|e| fail(e.into()))?;
         let tx = transaction.as_mut();
         let plan = self.plan_entry(tx, entry, &request).map_err(fail)?;
         let result = self
-            .run_planned(tx, entry, index, &request, &plan, &HashMap::new())
+            .run_planned(tx, caller, entry, index, &request, &plan, &HashMap::new())
             .map_err(fail)?;
         transaction.commit().map_err(|e| fail(e.into()))?;
         Ok(self.write_entry(&result, prefer))

@@ -9,7 +9,9 @@ use ward_fhir::IssueType;
 use ward_fhir::search::{Handling, SearchQuery, parse_search};
 use ward_store::{ResourceVersion, Store, StoreError, WriteTx};
 
+use crate::access::{Access, Caller};
 use crate::error::{FhirError, FhirResult};
+use ward_auth::policy::Interaction;
 
 /// Request limits. Each is documented in the README.
 #[derive(Debug, Clone)]
@@ -46,6 +48,8 @@ pub struct Engine {
     pub base: String,
     /// The limits.
     pub limits: Limits,
+    /// The access policy.
+    pub access: Access,
 }
 
 /// The result of a write interaction.
@@ -186,13 +190,17 @@ impl Engine {
     pub fn create(
         &self,
         tx: &mut dyn WriteTx,
+        caller: &Caller<'_>,
         resource_type: &str,
         mut resource: Value,
         if_none_exist: Option<&str>,
         assigned_id: Option<String>,
     ) -> FhirResult<WriteResult> {
         check_resource(&resource, resource_type)?;
+        caller.require_type(resource_type, Interaction::Create)?;
+        caller.require_resource(Interaction::Create, &resource, true)?;
         if let Some(query) = if_none_exist {
+            caller.require_type(resource_type, Interaction::Search)?;
             // The header holds the query part of a search URL. Some clients
             // send the `Type?criteria` form, so that prefix is accepted too.
             let query = query
@@ -204,6 +212,9 @@ impl Engine {
                 [] => {}
                 [key] => {
                     let existing = tx.read(&key.resource_type, &key.id)?;
+                    if let Some(resource) = &existing.resource {
+                        caller.require_resource(Interaction::Read, resource, false)?;
+                    }
                     return Ok(WriteResult {
                         status: StatusCode::OK,
                         version: Some(existing),
@@ -231,6 +242,7 @@ impl Engine {
     pub fn update(
         &self,
         tx: &mut dyn WriteTx,
+        caller: &Caller<'_>,
         resource_type: &str,
         id: &str,
         resource: Value,
@@ -260,6 +272,17 @@ impl Engine {
                 ));
             }
         }
+        caller.require_type(resource_type, Interaction::Update)?;
+        match tx.read(resource_type, id) {
+            Ok(existing) => {
+                if let Some(current) = &existing.resource {
+                    caller.require_resource(Interaction::Update, current, false)?;
+                }
+            }
+            Err(StoreError::NotFound { .. } | StoreError::Gone { .. }) => {}
+            Err(err) => return Err(err.into()),
+        }
+        caller.require_resource(Interaction::Update, &resource, true)?;
         let (version, created) = tx.update(resource, if_match)?;
         Ok(WriteResult {
             status: if created {
@@ -280,12 +303,14 @@ impl Engine {
     pub fn conditional_update(
         &self,
         tx: &mut dyn WriteTx,
+        caller: &Caller<'_>,
         resource_type: &str,
         query: &str,
         mut resource: Value,
         if_match: Option<u64>,
     ) -> FhirResult<WriteResult> {
         check_resource(&resource, resource_type)?;
+        caller.require_type(resource_type, Interaction::Search)?;
         let found = self.conditional_matches(tx, resource_type, query, 1)?;
         let body_id = resource
             .get("id")
@@ -293,8 +318,8 @@ impl Engine {
             .map(str::to_owned);
         match found.as_slice() {
             [] => match body_id {
-                Some(id) => self.update(tx, resource_type, &id, resource, if_match),
-                None => self.create(tx, resource_type, resource, None, None),
+                Some(id) => self.update(tx, caller, resource_type, &id, resource, if_match),
+                None => self.create(tx, caller, resource_type, resource, None, None),
             },
             [key] => {
                 if body_id.as_deref().is_some_and(|b| b != key.id) {
@@ -303,7 +328,14 @@ impl Engine {
                     ));
                 }
                 set_id(&mut resource, &key.id);
-                self.update(tx, resource_type, &key.id.clone(), resource, if_match)
+                self.update(
+                    tx,
+                    caller,
+                    resource_type,
+                    &key.id.clone(),
+                    resource,
+                    if_match,
+                )
             }
             _ => Err(FhirError::precondition(
                 "the criteria matched more than one resource; make them more selective",
@@ -315,10 +347,21 @@ impl Engine {
     pub fn delete(
         &self,
         tx: &mut dyn WriteTx,
+        caller: &Caller<'_>,
         resource_type: &str,
         id: &str,
         if_match: Option<u64>,
     ) -> FhirResult<WriteResult> {
+        caller.require_type(resource_type, Interaction::Delete)?;
+        match tx.read(resource_type, id) {
+            Ok(existing) => {
+                if let Some(current) = &existing.resource {
+                    caller.require_resource(Interaction::Delete, current, false)?;
+                }
+            }
+            Err(StoreError::NotFound { .. } | StoreError::Gone { .. }) => {}
+            Err(err) => return Err(err.into()),
+        }
         match tx.delete(resource_type, id, if_match) {
             Ok(marker) => Ok(WriteResult {
                 status: StatusCode::NO_CONTENT,
@@ -337,9 +380,11 @@ impl Engine {
     pub fn conditional_delete(
         &self,
         tx: &mut dyn WriteTx,
+        caller: &Caller<'_>,
         resource_type: &str,
         query: &str,
     ) -> FhirResult<WriteResult> {
+        caller.require_type(resource_type, Interaction::Search)?;
         let found = self.conditional_matches(tx, resource_type, query, 1)?;
         match found.as_slice() {
             [] => Ok(WriteResult {
@@ -347,11 +392,48 @@ impl Engine {
                 version: None,
                 message: "no resource matched; nothing was deleted".into(),
             }),
-            [key] => self.delete(tx, resource_type, &key.id.clone(), None),
+            [key] => self.delete(tx, caller, resource_type, &key.id.clone(), None),
             _ => Err(FhirError::precondition(
                 "the criteria matched more than one resource; make them more selective",
             )),
         }
+    }
+
+    /// `read`, with the access checks.
+    pub fn read(
+        &self,
+        caller: &Caller<'_>,
+        resource_type: &str,
+        id: &str,
+    ) -> FhirResult<ResourceVersion> {
+        caller.require_type(resource_type, Interaction::Read)?;
+        let version = self.store.read(resource_type, id)?;
+        if let Some(resource) = &version.resource {
+            caller.require_resource(Interaction::Read, resource, false)?;
+        }
+        Ok(version)
+    }
+
+    /// `vread`, with the access checks. A deletion marker is checked
+    /// against the version before it.
+    pub fn vread(
+        &self,
+        caller: &Caller<'_>,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+    ) -> FhirResult<ResourceVersion> {
+        caller.require_type(resource_type, Interaction::Vread)?;
+        let found = self.store.vread(resource_type, id, version)?;
+        let checked = match &found.resource {
+            Some(_) => found.clone(),
+            None if version > 1 => self.store.vread(resource_type, id, version - 1)?,
+            None => found.clone(),
+        };
+        if let Some(resource) = &checked.resource {
+            caller.require_resource(Interaction::Vread, resource, false)?;
+        }
+        Ok(found)
     }
 
     /// The full URL of a resource.

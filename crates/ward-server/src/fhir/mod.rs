@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod capability;
 pub mod engine;
+pub mod operations;
 pub mod response;
 pub mod routes;
 pub mod search;

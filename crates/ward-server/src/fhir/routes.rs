@@ -1,8 +1,6 @@
 //! The axum routes of the FHIR REST API under `/fhir`, and the extractors
 //! that authenticate, negotiate the format and read bodies.
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
@@ -16,11 +14,11 @@ use ward_fhir::search::Handling;
 use ward_store::HistoryScope;
 
 use crate::AppState;
+use crate::access::Caller;
 use crate::auth::{Principal, authenticate};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::engine::{Engine, check_type, query_pairs, truncate};
 use crate::fhir::response::{Prefer, if_match, json_response, resource_response, write_response};
-use crate::scopes::Permission;
 
 /// The request context of every authenticated FHIR handler.
 pub struct Ctx {
@@ -93,6 +91,7 @@ impl FromRequestParts<AppState> for Ctx {
         let query = query_pairs(&raw_query)?;
         negotiate(&parts.headers, &query)?;
         let principal = authenticate(&parts.headers, &state.verifier)?;
+        crate::oauth::check_principal(state, &principal).await?;
         Ok(Ctx {
             principal,
             prefer: Prefer::from_headers(&parts.headers),
@@ -213,6 +212,10 @@ pub fn router() -> Router<AppState> {
         .route("/fhir/{type}/{id}", get(read).put(update).delete(delete))
         .route("/fhir/{type}/{id}/_history", get(instance_history))
         .route("/fhir/{type}/{id}/_history/{vid}", get(vread))
+        .route(
+            "/fhir/Patient/{id}/$break-the-glass",
+            axum::routing::post(break_the_glass),
+        )
 }
 
 async fn metadata(State(state): State<AppState>, headers: HeaderMap, uri: http::Uri) -> Response {
@@ -230,9 +233,10 @@ async fn read(
     ctx: Ctx,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
-    ctx.principal.require(&resource_type, Permission::Read)?;
-    let engine = state.engine.clone();
-    let version = blocking(move || Ok(engine.store.read(&resource_type, &id)?)).await?;
+    let version = run(&state, &ctx, move |engine, caller| {
+        engine.read(caller, &resource_type, &id)
+    })
+    .await?;
     let tag = ctx
         .headers
         .get(header::IF_NONE_MATCH)
@@ -274,15 +278,16 @@ async fn vread(
     ctx: Ctx,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
-    ctx.principal.require(&resource_type, Permission::Read)?;
     let version: u64 = vid.parse().map_err(|_| {
         FhirError::not_found(format!(
             "version '{}' is not a version number",
             truncate(&vid, 20)
         ))
     })?;
-    let engine = state.engine.clone();
-    let found = blocking(move || Ok(engine.store.vread(&resource_type, &id, version)?)).await?;
+    let found = run(&state, &ctx, move |engine, caller| {
+        engine.vread(caller, &resource_type, &id, version)
+    })
+    .await?;
     match &found.resource {
         Some(resource) => Ok(resource_response(&found, resource)),
         None => {
@@ -308,20 +313,16 @@ async fn create(
     FhirBody(body): FhirBody,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
-    ctx.principal.require(&resource_type, Permission::Create)?;
     let if_none_exist = ctx
         .headers
         .get("if-none-exist")
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim_start_matches('?').to_owned());
-    if if_none_exist.is_some() {
-        ctx.principal.require(&resource_type, Permission::Search)?;
-    }
-    let engine = state.engine.clone();
-    let result = blocking(move || {
+    let result = run(&state, &ctx, move |engine, caller| {
         let mut tx = engine.store.begin()?;
         let result = engine.create(
             tx.as_mut(),
+            caller,
             &resource_type,
             body,
             if_none_exist.as_deref(),
@@ -363,12 +364,10 @@ async fn update(
     FhirBody(body): FhirBody,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
-    ctx.principal.require(&resource_type, Permission::Update)?;
     let if_match = if_match(&ctx.headers)?;
-    let engine = state.engine.clone();
-    let result = blocking(move || {
+    let result = run(&state, &ctx, move |engine, caller| {
         let mut tx = engine.store.begin()?;
-        let result = engine.update(tx.as_mut(), &resource_type, &id, body, if_match)?;
+        let result = engine.update(tx.as_mut(), caller, &resource_type, &id, body, if_match)?;
         tx.commit()?;
         Ok(result)
     })
@@ -383,15 +382,18 @@ async fn conditional_update(
     FhirBody(body): FhirBody,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
-    ctx.principal.require(&resource_type, Permission::Update)?;
-    ctx.principal.require(&resource_type, Permission::Search)?;
     let if_match = if_match(&ctx.headers)?;
-    let engine = state.engine.clone();
     let query = ctx.raw_query.clone();
-    let result = blocking(move || {
+    let result = run(&state, &ctx, move |engine, caller| {
         let mut tx = engine.store.begin()?;
-        let result =
-            engine.conditional_update(tx.as_mut(), &resource_type, &query, body, if_match)?;
+        let result = engine.conditional_update(
+            tx.as_mut(),
+            caller,
+            &resource_type,
+            &query,
+            body,
+            if_match,
+        )?;
         tx.commit()?;
         Ok(result)
     })
@@ -405,12 +407,10 @@ async fn delete(
     ctx: Ctx,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
-    ctx.principal.require(&resource_type, Permission::Delete)?;
     let if_match = if_match(&ctx.headers)?;
-    let engine = state.engine.clone();
-    let result = blocking(move || {
+    let result = run(&state, &ctx, move |engine, caller| {
         let mut tx = engine.store.begin()?;
-        let result = engine.delete(tx.as_mut(), &resource_type, &id, if_match)?;
+        let result = engine.delete(tx.as_mut(), caller, &resource_type, &id, if_match)?;
         tx.commit()?;
         Ok(result)
     })
@@ -424,13 +424,10 @@ async fn conditional_delete(
     ctx: Ctx,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
-    ctx.principal.require(&resource_type, Permission::Delete)?;
-    ctx.principal.require(&resource_type, Permission::Search)?;
-    let engine = state.engine.clone();
     let query = ctx.raw_query.clone();
-    let result = blocking(move || {
+    let result = run(&state, &ctx, move |engine, caller| {
         let mut tx = engine.store.begin()?;
-        let result = engine.conditional_delete(tx.as_mut(), &resource_type, &query)?;
+        let result = engine.conditional_delete(tx.as_mut(), caller, &resource_type, &query)?;
         tx.commit()?;
         Ok(result)
     })
@@ -438,18 +435,33 @@ async fn conditional_delete(
     write_result(&state.engine, &ctx, result)
 }
 
+/// Runs `f` on a blocking thread with the caller's access decisions.
+async fn run<T: Send + 'static>(
+    state: &AppState,
+    ctx: &Ctx,
+    f: impl FnOnce(&Engine, &Caller<'_>) -> FhirResult<T> + Send + 'static,
+) -> FhirResult<T> {
+    let engine = state.engine.clone();
+    let principal = ctx.principal.clone();
+    blocking(move || {
+        let caller = engine.access.caller(&*engine.store, &principal)?;
+        f(&engine, &caller)
+    })
+    .await
+}
+
 async fn run_search(
-    engine: Arc<Engine>,
+    state: &AppState,
     ctx: &Ctx,
     resource_type: Option<String>,
     pairs: Vec<(String, String)>,
     link: String,
 ) -> FhirResult<Response> {
     let handling = handling(ctx);
-    let owner = ctx.principal.page_owner();
-    let bundle =
-        blocking(move || engine.search(resource_type.as_deref(), &pairs, handling, &link, &owner))
-            .await?;
+    let bundle = run(state, ctx, move |engine, caller| {
+        engine.search(resource_type.as_deref(), &pairs, handling, &link, caller)
+    })
+    .await?;
     Ok(json_response(StatusCode::OK, &bundle))
 }
 
@@ -459,10 +471,9 @@ async fn type_search(
     ctx: Ctx,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
-    ctx.principal.require(&resource_type, Permission::Search)?;
     let link = self_link(&state.engine, &format!("/{resource_type}"), &ctx.raw_query);
     let pairs = ctx.query.clone();
-    run_search(state.engine.clone(), &ctx, Some(resource_type), pairs, link).await
+    run_search(&state, &ctx, Some(resource_type), pairs, link).await
 }
 
 /// Reads an `application/x-www-form-urlencoded` search body.
@@ -494,27 +505,16 @@ async fn type_search_post(
     req: Request,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
-    ctx.principal.require(&resource_type, Permission::Search)?;
     let mut pairs = ctx.query.clone();
     pairs.extend(form_pairs(req, state.engine.limits.max_body_bytes).await?);
     let link = format!("{}/{resource_type}", state.engine.base);
-    run_search(state.engine.clone(), &ctx, Some(resource_type), pairs, link).await
+    run_search(&state, &ctx, Some(resource_type), pairs, link).await
 }
 
 async fn system_search(State(state): State<AppState>, ctx: Ctx) -> FhirResult<Response> {
-    let paging = ctx.query.iter().any(|(k, _)| k == "_getpages");
-    let allowed =
-        ctx.principal
-            .scopes
-            .allows("*", Permission::Search, ctx.principal.patient.is_some());
-    if !paging && !allowed {
-        return Err(FhirError::forbidden(
-            "system-level search needs a search scope on all resource types (*)",
-        ));
-    }
     let link = self_link(&state.engine, "", &ctx.raw_query);
     let pairs = ctx.query.clone();
-    run_search(state.engine.clone(), &ctx, None, pairs, link).await
+    run_search(&state, &ctx, None, pairs, link).await
 }
 
 async fn system_search_post(
@@ -522,11 +522,10 @@ async fn system_search_post(
     ctx: Ctx,
     req: Request,
 ) -> FhirResult<Response> {
-    ctx.principal.require("*", Permission::Search)?;
     let mut pairs = ctx.query.clone();
     pairs.extend(form_pairs(req, state.engine.limits.max_body_bytes).await?);
     let link = state.engine.base.clone();
-    run_search(state.engine.clone(), &ctx, None, pairs, link).await
+    run_search(&state, &ctx, None, pairs, link).await
 }
 
 async fn history(
@@ -535,15 +534,16 @@ async fn history(
     scope: HistoryScope,
     path: &str,
 ) -> FhirResult<Response> {
-    let engine = state.engine.clone();
     let pairs = ctx.query.clone();
     let link = self_link(&state.engine, path, &ctx.raw_query);
-    let bundle = blocking(move || engine.history(scope, &pairs, &link)).await?;
+    let bundle = run(state, ctx, move |engine, caller| {
+        engine.history(scope, &pairs, &link, caller)
+    })
+    .await?;
     Ok(json_response(StatusCode::OK, &bundle))
 }
 
 async fn system_history(State(state): State<AppState>, ctx: Ctx) -> FhirResult<Response> {
-    ctx.principal.require("*", Permission::Search)?;
     history(&state, &ctx, HistoryScope::System, "/_history").await
 }
 
@@ -553,7 +553,6 @@ async fn type_history(
     ctx: Ctx,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
-    ctx.principal.require(&resource_type, Permission::Search)?;
     let path = format!("/{resource_type}/_history");
     history(&state, &ctx, HistoryScope::Type(resource_type), &path).await
 }
@@ -564,7 +563,6 @@ async fn instance_history(
     ctx: Ctx,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
-    ctx.principal.require(&resource_type, Permission::Read)?;
     let path = format!("/{resource_type}/{id}/_history");
     history(
         &state,
@@ -591,4 +589,16 @@ async fn post_bundle(
     };
     let bundle = blocking(move || engine.process_bundle(&principal, &body, prefer)).await?;
     Ok(json_response(StatusCode::OK, &bundle))
+}
+
+async fn break_the_glass(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ctx: Ctx,
+    FhirBody(body): FhirBody,
+) -> FhirResult<Response> {
+    let engine = state.engine.clone();
+    let principal = ctx.principal.clone();
+    let outcome = blocking(move || engine.break_the_glass(&principal, &id, &body)).await?;
+    Ok(json_response(StatusCode::OK, &outcome))
 }

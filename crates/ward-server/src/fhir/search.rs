@@ -10,9 +10,11 @@ use ward_store::{
     HistoryCursor, HistoryRequest, HistoryScope, Method, PageRequest, ResourceVersion, SearchPage,
 };
 
+use crate::access::Caller;
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::engine::{Engine, bundle, parse_query, truncate};
 use crate::fhir::response::http_date;
+use ward_auth::policy::Interaction;
 
 /// The page settings kept with a result set for its later pages.
 #[derive(Debug, Default, Clone)]
@@ -105,21 +107,28 @@ fn parse_usize(pairs: &[(String, String)], name: &str) -> FhirResult<Option<usiz
 impl Engine {
     /// Runs a search (type-level when `resource_type` is set, system-level
     /// otherwise) and returns the searchset Bundle. `self_link` is the URL
-    /// that requested it; `owner` identifies the caller (see
-    /// [`Principal::page_owner`](crate::auth::Principal::page_owner)), and
-    /// later pages of the result set are served to the same owner only.
+    /// that requested it. Results are filtered by the caller's access
+    /// before counting and paging, and later pages of the result set are
+    /// served to the same caller only.
     pub fn search(
         &self,
         resource_type: Option<&str>,
         pairs: &[(String, String)],
         handling: Handling,
         self_link: &str,
-        owner: &str,
+        caller: &Caller<'_>,
     ) -> FhirResult<Value> {
+        let owner = caller.page_owner();
+        let filter = |v: &ResourceVersion| caller.can_see(v);
+        let visible: Option<ward_store::Visibility<'_>> = if caller.filters_results() {
+            Some(&filter)
+        } else {
+            None
+        };
         if let Some(snapshot) = param(pairs, "_getpages") {
             let offset = parse_usize(pairs, "_getpagesoffset")?.unwrap_or(0);
             let count = self.page_size(parse_usize(pairs, "_count")?);
-            let page = self.store.search_page(snapshot, offset, count, None)?;
+            let page = self.store.search_page(snapshot, offset, count, visible)?;
             if PageContext::decode(&page.context).owner != owner {
                 // The same answer as an expired result set, so a page id
                 // reveals nothing to another caller.
@@ -128,6 +137,15 @@ impl Engine {
             return Ok(self.searchset(&page, count, self_link, &[]));
         }
         let query: SearchQuery = parse_query(resource_type, pairs, handling)?;
+        match resource_type {
+            Some(t) => caller.require_type(t, Interaction::Search)?,
+            None if query.types.is_empty() => caller.require_type("*", Interaction::Search)?,
+            None => {
+                for t in &query.types {
+                    caller.require_type(t, Interaction::Search)?;
+                }
+            }
+        }
         let summary_count = query.summary == Some(SummaryMode::Count);
         let count = if summary_count {
             0
@@ -144,7 +162,7 @@ impl Engine {
             snapshot_ttl_secs: self.limits.snapshot_ttl_secs,
             context: context.encode(),
         };
-        let mut page = self.store.search(&query, &request, None)?;
+        let mut page = self.store.search(&query, &request, visible)?;
         // `_count=0`, like `_summary=count`, requests the total alone, so
         // there are no pages to link.
         if count == 0 {
@@ -216,12 +234,27 @@ impl Engine {
     }
 
     /// Reads a page of history and returns the history Bundle.
+    ///
+    /// Callers whose results are filtered (users, patient context, scope
+    /// restrictions) see only versions they may read, no deletion entries
+    /// outside instance history, and no `total`.
     pub fn history(
         &self,
         scope: HistoryScope,
         pairs: &[(String, String)],
         self_link: &str,
+        caller: &Caller<'_>,
     ) -> FhirResult<Value> {
+        match &scope {
+            HistoryScope::System => {
+                caller.require_type("*", Interaction::History)?;
+            }
+            HistoryScope::Type(t) => caller.require_type(t, Interaction::History)?,
+            HistoryScope::Instance(t, id) => {
+                caller.require_type(t, Interaction::History)?;
+                self.check_instance_visible(caller, t, id)?;
+            }
+        }
         let since = match param(pairs, "_since") {
             Some(value) => Some(parse_instant(value, "_since")?),
             None => None,
@@ -243,9 +276,11 @@ impl Engine {
             cursor,
         };
         let page = self.store.history(&request)?;
+        let filtered = caller.filters_results() && !matches!(scope, HistoryScope::Instance(..));
         let entries: Vec<Value> = page
             .versions
             .iter()
+            .filter(|v| !filtered || caller.can_see(v))
             .map(|v| self.history_entry(v))
             .collect();
         let mut links = vec![("self", self_link.to_owned())];
@@ -272,7 +307,29 @@ impl Engine {
             }
             links.push(("next", url));
         }
-        Ok(bundle("history", Some(page.total), links, entries))
+        let total = if filtered { None } else { Some(page.total) };
+        Ok(bundle("history", total, links, entries))
+    }
+
+    /// Checks that the caller may see some version of a resource: the
+    /// current one, or for a deleted resource the last one before deletion.
+    fn check_instance_visible(
+        &self,
+        caller: &Caller<'_>,
+        resource_type: &str,
+        id: &str,
+    ) -> FhirResult<()> {
+        let latest = match self.store.read(resource_type, id) {
+            Ok(version) => version,
+            Err(ward_store::StoreError::Gone { version, .. }) if version > 1 => {
+                self.store.vread(resource_type, id, version - 1)?
+            }
+            Err(err) => return Err(err.into()),
+        };
+        if let Some(resource) = &latest.resource {
+            caller.require_resource(Interaction::History, resource, false)?;
+        }
+        Ok(())
     }
 
     fn history_entry(&self, version: &ResourceVersion) -> Value {

@@ -164,6 +164,17 @@ fn load_codec(conn: &Connection, master: &MasterKey) -> Result<ResourceCodec> {
     Ok(ResourceCodec::new(keys, active, master.index_key().clone()))
 }
 
+/// Encodes bytes as lowercase hexadecimal.
+fn hex_encode(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
 /// The current time in microseconds since the Unix epoch.
 pub(crate) fn now_micros() -> i64 {
     let now = time::OffsetDateTime::now_utc();
@@ -171,6 +182,10 @@ pub(crate) fn now_micros() -> i64 {
 }
 
 impl Store for SqliteStore {
+    fn blind(&self, domain: &str, value: &str) -> String {
+        hex_encode(&self.codec.blind(&format!("kv:{domain}"), value))
+    }
+
     fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
         self.with_reader(|conn| kv::get(conn, &self.codec, ns, key))
     }

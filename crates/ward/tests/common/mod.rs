@@ -3,17 +3,22 @@
 //! Each [`Server`] owns a fresh temporary data directory, listens on a free
 //! loopback port and is killed when dropped. Its stderr goes to a file so a
 //! test can read the server log at any time.
+//!
+//! With `WARD_TEST_DATABASE=postgres`, each server also gets a fresh
+//! PostgreSQL database on 127.0.0.1:5432 (created and dropped with `psql`
+//! as user `postgres`), so the whole suite runs on that backend.
 
 #![allow(dead_code)]
 
 pub mod fixtures;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderMap;
@@ -42,7 +47,108 @@ pub struct Server {
     data: PathBuf,
     origin: String,
     client: Client,
+    database: Option<TestDatabase>,
 }
+
+/// True when `WARD_TEST_DATABASE=postgres` asks for the PostgreSQL backend.
+pub fn on_postgres() -> bool {
+    std::env::var("WARD_TEST_DATABASE").as_deref() == Ok("postgres")
+}
+
+/// Runs `sql` with `psql` on `database` as user `postgres` and returns its
+/// unaligned output.
+pub fn psql(database: &str, sql: &str) -> Result<String, String> {
+    let output = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "5432",
+            "-U",
+            "postgres",
+            "-d",
+            database,
+        ])
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .map_err(|e| format!("run psql: {e}"))?;
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A PostgreSQL database made for one test server, dropped with it.
+pub struct TestDatabase {
+    name: String,
+}
+
+impl TestDatabase {
+    /// Creates an empty database with a unique name.
+    pub fn create() -> TestDatabase {
+        let unique = format!(
+            "{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
+        let name = format!("ward_test_{unique}");
+        if let Err(error) = psql("postgres", &format!("CREATE DATABASE {name}")) {
+            panic!("WARD_TEST_DATABASE=postgres but creating a database failed: {error}");
+        }
+        TestDatabase { name }
+    }
+
+    /// The database name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The URL `ward serve --database` takes.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://127.0.0.1:5432/{}?user=postgres&sslmode=disable",
+            self.name
+        )
+    }
+
+    /// Every row of every table as text, with `bytea` in escape form so
+    /// printable bytes appear as themselves: what a plaintext scan reads.
+    pub fn dump(&self) -> Vec<u8> {
+        let tables = psql(
+            &self.name,
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
+        )
+        .expect("list the tables");
+        let mut dump = Vec::new();
+        for table in tables.lines().filter(|t| !t.is_empty()) {
+            let rows = psql(
+                &self.name,
+                &format!("SET bytea_output = 'escape'; SELECT t::text FROM {table} t"),
+            )
+            .expect("read a table");
+            dump.extend_from_slice(table.as_bytes());
+            dump.push(b'\n');
+            dump.extend_from_slice(rows.as_bytes());
+        }
+        dump
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        if let Err(error) = psql("postgres", &sql) {
+            eprintln!("dropping the test database {} failed: {error}", self.name);
+        }
+    }
+}
+
+/// Databases of servers that were stopped to restart on the same data,
+/// by temporary root.
+static PARKED_DATABASES: Mutex<BTreeMap<PathBuf, TestDatabase>> = Mutex::new(BTreeMap::new());
 
 impl Server {
     /// Starts a server with the default options.
@@ -61,6 +167,22 @@ impl Server {
     /// Starts a server on an existing data directory inside `root`, for
     /// tests that restart a server on the same data.
     pub fn start_in(root: TempDir, data: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Server {
+        // A test that names its own database (such as replicas sharing one)
+        // keeps it.
+        let explicit = args.contains(&"--database");
+        let database = (on_postgres() && !explicit).then(|| {
+            let parked = PARKED_DATABASES
+                .lock()
+                .ok()
+                .and_then(|mut parked| parked.remove(root.path()));
+            parked.unwrap_or_else(TestDatabase::create)
+        });
+        let database_arg = database.as_ref().map(TestDatabase::url);
+        let mut args = args.to_vec();
+        if let Some(url) = &database_arg {
+            args.extend(["--database", url.as_str()]);
+        }
+        let args = args.as_slice();
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
@@ -75,6 +197,7 @@ impl Server {
                         data,
                         origin,
                         client,
+                        database,
                     };
                 }
                 Err(error) if error.contains("Address already in use") => last_error = error,
@@ -90,7 +213,17 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let root = self.root.take().expect("the root is set until stop");
+        // The database outlives this server, for a restart on the same data.
+        if let (Some(database), Ok(mut parked)) = (self.database.take(), PARKED_DATABASES.lock()) {
+            parked.insert(root.path().to_owned(), database);
+        }
         (root, self.data.clone())
+    }
+
+    /// The PostgreSQL database of this server, when the suite runs on
+    /// PostgreSQL.
+    pub fn database(&self) -> Option<&TestDatabase> {
+        self.database.as_ref()
     }
 
     /// The FHIR base URL, such as `https://127.0.0.1:PORT/fhir`.
