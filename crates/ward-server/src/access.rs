@@ -22,6 +22,7 @@ use ward_fhir::IssueType;
 use ward_fhir::search::{Handling, IndexEntry, index_resource, matches, parse_search};
 use ward_store::{PageRequest, ResourceVersion, Store};
 
+use crate::audit::Actor;
 use crate::auth::Principal;
 use crate::error::{FhirError, FhirResult};
 
@@ -92,6 +93,8 @@ impl Access {
             scopes: ward_auth::Scopes::parse(&principal.scopes.raw.join(" ")),
         };
         let mut caller = Caller {
+            actor: Actor::from_principal(principal, None),
+            denials: std::sync::Mutex::new(Vec::new()),
             policy: &self.policy,
             owner: principal.page_owner(),
             subject,
@@ -107,8 +110,24 @@ impl Access {
     }
 }
 
+/// An access decision that rejected part of a request, kept for the audit
+/// log.
+#[derive(Debug, Clone)]
+pub struct Denial {
+    /// The reason, server-generated text without request content.
+    pub reason: String,
+    /// The resource type requested.
+    pub resource_type: String,
+    /// The resource id, when one resource was rejected.
+    pub id: Option<String>,
+    /// The patients whose compartment holds the rejected resource.
+    pub patients: Vec<String>,
+}
+
 /// The access decisions of one request.
 pub struct Caller<'a> {
+    actor: Actor,
+    denials: std::sync::Mutex<Vec<Denial>>,
     policy: &'a Policy,
     owner: String,
     subject: Subject,
@@ -245,11 +264,45 @@ impl Caller<'_> {
     pub fn require_type(&self, resource_type: &str, interaction: Interaction) -> FhirResult<()> {
         match self.decide(interaction, resource_type, Compartment::None) {
             Decision::Allow(_) => Ok(()),
-            Decision::Deny(reason) => Err(FhirError::forbidden(&format!(
-                "{reason}: {} on {resource_type} is not allowed",
-                interaction_name(interaction)
-            ))),
+            Decision::Deny(reason) => Err(self.denied(
+                Denial {
+                    reason: reason.to_string(),
+                    resource_type: resource_type.to_owned(),
+                    id: None,
+                    patients: Vec::new(),
+                },
+                format!(
+                    "{reason}: {} on {resource_type} is not allowed",
+                    interaction_name(interaction)
+                ),
+            )),
         }
+    }
+
+    /// Keeps `denial` for the audit log and returns the 403 to send.
+    fn denied(&self, denial: Denial, message: String) -> FhirError {
+        if let Ok(mut denials) = self.denials.lock() {
+            denials.push(denial);
+        }
+        FhirError::forbidden(&message)
+    }
+
+    /// Returns and clears the denials of this request so far.
+    pub fn take_denials(&self) -> Vec<Denial> {
+        self.denials
+            .lock()
+            .map(|mut denials| std::mem::take(&mut *denials))
+            .unwrap_or_default()
+    }
+
+    /// The caller as the audit log names it.
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    /// Sets the peer address the audit log records.
+    pub fn set_network(&mut self, network: Option<std::net::IpAddr>) {
+        self.actor.network = network;
     }
 
     /// Checks one resource: every patient whose compartment holds it must
@@ -301,10 +354,31 @@ impl Caller<'_> {
         resource: &Value,
         create: bool,
     ) -> FhirResult<()> {
-        match self.check_resource(interaction, resource) {
-            Ok(()) => Ok(()),
-            Err(reason) if create => Err(FhirError::forbidden(&format!("{reason}"))),
-            Err(_) => Err(hidden(resource)),
+        let Err(reason) = self.check_resource(interaction, resource) else {
+            return Ok(());
+        };
+        let mut patients = std::collections::BTreeSet::new();
+        crate::audit::patients_in(resource, &mut patients);
+        let denial = Denial {
+            reason: reason.to_string(),
+            resource_type: resource
+                .get("resourceType")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            id: resource
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            patients: patients.into_iter().collect(),
+        };
+        if create {
+            Err(self.denied(denial, reason.to_string()))
+        } else {
+            if let Ok(mut denials) = self.denials.lock() {
+                denials.push(denial);
+            }
+            Err(hidden(resource))
         }
     }
 

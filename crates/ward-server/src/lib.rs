@@ -5,6 +5,7 @@
 //! the scope check in each handler, then the engine and the store.
 
 pub mod access;
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod fhir;
@@ -74,6 +75,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", axum::routing::get(readyz))
         .route("/metrics", axum::routing::get(metrics_page))
         .merge(oauth::router())
+        .merge(audit::routes::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(security_headers))

@@ -11,6 +11,14 @@ pub const REQUEST_DURATION: &str = "ward_http_request_duration_seconds";
 pub const REQUESTS: &str = "ward_http_requests_total";
 /// Rejected credentials by reason.
 pub const AUTH_FAILURES: &str = "ward_auth_failures_total";
+/// Audit records committed.
+pub const AUDIT_RECORDS: &str = "ward_audit_records_total";
+/// Seconds from queueing a read's audit record to its commit, last batch.
+pub const AUDIT_LAG: &str = "ward_audit_lag_seconds";
+/// Audit records not yet delivered to the SIEM.
+pub const SIEM_LAG: &str = "ward_siem_export_lag_records";
+/// Security alerts raised, by rule.
+pub const ALERTS: &str = "ward_alerts_total";
 
 /// Latency buckets from 0.5 ms to 10 s.
 const BUCKETS: &[f64] = &[
@@ -51,6 +59,14 @@ fn describe() {
         AUTH_FAILURES,
         "requests rejected for missing or invalid credentials"
     );
+    metrics::describe_counter!(AUDIT_RECORDS, "audit records committed");
+    metrics::describe_gauge!(
+        AUDIT_LAG,
+        metrics::Unit::Seconds,
+        "time from queueing an audit record to its commit, in the last batch"
+    );
+    metrics::describe_gauge!(SIEM_LAG, "audit records not yet exported to the SIEM");
+    metrics::describe_counter!(ALERTS, "security alerts raised, by rule");
 }
 
 /// Records one finished request.
@@ -68,4 +84,24 @@ pub fn record_request(method: &str, route: &str, status: u16, seconds: f64) {
 /// Records a rejected credential.
 pub fn record_auth_failure(reason: &'static str) {
     metrics::counter!(AUTH_FAILURES, "reason" => reason).increment(1);
+}
+
+/// Records committed audit records.
+pub fn record_audit_records(count: u64) {
+    metrics::counter!(AUDIT_RECORDS).increment(count);
+}
+
+/// Records the queueing delay of the last audit batch.
+pub fn record_audit_lag(seconds: f64) {
+    metrics::gauge!(AUDIT_LAG).set(seconds);
+}
+
+/// Records how many audit records the SIEM export is behind.
+pub fn record_siem_lag(records: u64) {
+    metrics::gauge!(SIEM_LAG).set(records as f64);
+}
+
+/// Records a raised alert.
+pub fn record_alert(rule: &'static str) {
+    metrics::counter!(ALERTS, "rule" => rule).increment(1);
 }

@@ -3,7 +3,8 @@
 //!
 //! Layout: `master.key` (mode 0600, unless `WARD_MASTER_KEY` supplies the
 //! key), `ca.pem` (the CA certificate clients trust), `ca.key.sealed` and
-//! `signing.key.sealed` (private keys sealed under the master key),
+//! `signing.key.sealed` and `audit.key.sealed` (private keys sealed under
+//! the master key), `audit-checkpoints.txt` (signed audit checkpoints),
 //! `server.pem` (the current server certificate chain; its key stays in
 //! memory) and `ward.db` (SQLite).
 
@@ -168,6 +169,26 @@ impl DataDir {
             },
             created,
         ))
+    }
+
+    /// Loads the audit checkpoint signing key, `audit.key.sealed`, creating
+    /// it on first use. It is kept apart from the token key so that neither
+    /// signature can stand for the other.
+    pub fn audit_key(&self, master: &MasterKey) -> Result<SigningKey, SetupError> {
+        let path = self.path.join("audit.key.sealed");
+        if path.exists() {
+            let sealed = read_sealed(&path)?;
+            return SigningKey::from_sealed_key(&sealed, master).map_err(crypto_err(&path));
+        }
+        let key = SigningKey::generate().map_err(crypto_err(&path))?;
+        let sealed = key.sealed_key(master).map_err(crypto_err(&path))?;
+        write_atomic(&path, sealed.as_str().as_bytes(), 0o600)?;
+        Ok(key)
+    }
+
+    /// The default file of signed audit checkpoints.
+    pub fn audit_checkpoints_path(&self) -> PathBuf {
+        self.path.join("audit-checkpoints.txt")
     }
 
     /// Loads the master key from `WARD_MASTER_KEY` or `master.key`.

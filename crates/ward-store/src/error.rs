@@ -60,6 +60,9 @@ pub enum StoreError {
     /// A key could not be loaded or used.
     #[error("key error: {0}")]
     Key(#[from] ward_crypto::Error),
+    /// An audit record could not be appended.
+    #[error("audit log: {0}")]
+    Audit(#[from] ward_audit::Error),
     /// The database failed.
     #[error("database error: {0}")]
     Database(String),

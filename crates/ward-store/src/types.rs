@@ -159,6 +159,17 @@ impl SearchPage {
 /// counting and paging, so totals and links reveal nothing else.
 pub type Visibility<'a> = &'a (dyn Fn(&ResourceVersion) -> bool + Sync);
 
+/// The state of the audit log after its last record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditHead {
+    /// The number of records.
+    pub size: u64,
+    /// The Merkle tree root over every record (RFC 6962).
+    pub root: [u8; 32],
+    /// The last chain hash.
+    pub chain_head: [u8; 32],
+}
+
 /// A storage backend.
 ///
 /// Besides FHIR resources, a store keeps small sealed records by namespace
@@ -227,6 +238,17 @@ pub trait Store: Send + Sync {
         visible: Option<Visibility<'_>>,
     ) -> Result<SearchPage>;
 
+    /// Reads up to `limit` audit rows from sequence number `from`, in order.
+    fn audit_rows(&self, from: u64, limit: usize) -> Result<Vec<ward_audit::StoredAudit>>;
+
+    /// Returns the sequence numbers of the audit records that name a
+    /// patient, recorded between `since` and `until` (microseconds since the
+    /// Unix epoch, inclusive), oldest first.
+    fn audit_seqs_for_patient(&self, patient: &str, since: i64, until: i64) -> Result<Vec<u64>>;
+
+    /// Returns the state after the last audit record.
+    fn audit_head(&self) -> Result<AuditHead>;
+
     /// Starts a write transaction. Dropping it without
     /// [`WriteTx::commit`] rolls everything back.
     fn begin(&self) -> Result<Box<dyn WriteTx + '_>>;
@@ -261,6 +283,11 @@ pub trait WriteTx {
         id: &str,
         if_match: Option<u64>,
     ) -> Result<Option<ResourceVersion>>;
+
+    /// Appends an audit record to the hash chain and the Merkle tree, in
+    /// this transaction: it commits with the changes it describes or not at
+    /// all. Returns its sequence number.
+    fn append_audit(&mut self, record: &ward_audit::AuditRecord) -> Result<u64>;
 
     /// Commits every change.
     fn commit(self: Box<Self>) -> Result<()>;

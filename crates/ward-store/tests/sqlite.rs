@@ -604,6 +604,27 @@ fn postgres_schema_is_checked_and_migrated() {
     tx.commit().unwrap();
     drop(store);
 
+    // A database one migration behind is refused until migrated.
+    let last = ward_store::POSTGRES_SCHEMA_VERSION;
+    if last >= 2 {
+        let sql = format!(
+            "DELETE FROM schema_migrations WHERE version = {last}; \
+             DROP TABLE audit_log, audit_patient, audit_state"
+        );
+        pg_run(&db.url(), &sql).unwrap();
+        let Err(StoreError::Database(message)) =
+            PostgresStore::open(&db.url(), &master, &PostgresOptions::default())
+        else {
+            panic!("an older schema was accepted");
+        };
+        assert!(message.contains("ward migrate"), "{message}");
+        let report = PostgresStore::migrate(&db.url()).unwrap();
+        assert_eq!(report.from, last - 1);
+        assert_eq!(report.to, last);
+        let store = PostgresStore::open(&db.url(), &master, &PostgresOptions::default()).unwrap();
+        assert!(store.read("Patient", "m1").is_ok());
+    }
+
     // With its record gone, the first migration runs again and fails on the
     // existing tables; its transaction rolls back and leaves the data alone.
     pg_run(&db.url(), "DELETE FROM schema_migrations").unwrap();

@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the FHIR server over HTTPS.
-    Serve(ServeArgs),
+    Serve(ServeCommand),
     /// Print the organization's CA certificate (PEM), the one clients trust.
     Ca(DataArgs),
     /// Print a signed access token for administrators and scripts.
@@ -32,6 +32,92 @@ pub enum Command {
     Client(crate::client::ClientArgs),
     /// Bring a PostgreSQL database's schema up to date.
     Migrate(MigrateArgs),
+    /// Verify or export the tamper-evident audit log.
+    Audit(AuditArgs),
+}
+
+/// `ward serve`: the server options and the audit options.
+#[derive(Debug, Clone, Args)]
+pub struct ServeCommand {
+    /// The server options.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// The audit options.
+    #[command(flatten)]
+    pub audit: AuditServeArgs,
+}
+
+/// Audit options of `ward serve`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditServeArgs {
+    /// The file signed audit checkpoints are appended to; keep it away from the database [default: audit-checkpoints.txt in the data directory].
+    #[arg(long, env = "WARD_AUDIT_CHECKPOINTS")]
+    pub audit_checkpoints: Option<PathBuf>,
+    /// POST each security alert as JSON to this https:// URL.
+    #[arg(long, env = "WARD_ALERT_WEBHOOK")]
+    pub alert_webhook: Option<String>,
+    /// A PEM CA certificate that the alert webhook's certificate chains to [default: the system roots are not used; set this for --alert-webhook].
+    #[arg(long, env = "WARD_SIEM_CA")]
+    pub siem_ca: Option<PathBuf>,
+}
+
+/// Options of `ward audit`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+/// The `ward audit` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AuditCommand {
+    /// Check every audit record and checkpoint; exit 1 naming the first problem.
+    Verify(AuditVerifyArgs),
+    /// Print audit records, oldest first.
+    Export(AuditExportArgs),
+}
+
+/// Where the audit log is.
+#[derive(Debug, Clone, Args)]
+pub struct AuditStoreArgs {
+    /// The data directory.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The database, as for `ward serve --database`.
+    #[arg(long, env = "WARD_DATABASE")]
+    pub database: Option<String>,
+}
+
+/// Options of `ward audit verify`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditVerifyArgs {
+    /// The data directory and database.
+    #[command(flatten)]
+    pub store: AuditStoreArgs,
+    /// The checkpoint file [default: as `ward serve` uses].
+    #[arg(long)]
+    pub checkpoints: Option<PathBuf>,
+    /// Verify only records FROM..TO (TO exclusive) against the newest checkpoint that covers them.
+    #[arg(long, requires = "to")]
+    pub from: Option<u64>,
+    /// One past the last record to verify, with --from.
+    #[arg(long, requires = "from")]
+    pub to: Option<u64>,
+}
+
+/// Options of `ward audit export`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditExportArgs {
+    /// The data directory and database.
+    #[command(flatten)]
+    pub store: AuditStoreArgs,
+    /// The first sequence number to print.
+    #[arg(long, default_value_t = 0)]
+    pub since: u64,
+    /// The output format: jsonl (one AuditEvent per line) or syslog (RFC 5424 lines).
+    #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "syslog"])]
+    pub format: String,
 }
 
 /// The data directory option shared by every command.

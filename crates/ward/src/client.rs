@@ -12,7 +12,7 @@ use crate::user::{StoreArgs, open_store};
 /// Options of `ward client`.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// What to do.
+    /// The subcommand to run.
     #[command(subcommand)]
     pub command: ClientCommand,
 }

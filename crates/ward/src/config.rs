@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
+use ward_server::audit::AuditFailure;
+use ward_server::audit::alerts::AlertSettings;
 use ward_store::Database;
 
 use crate::cli::ServeArgs;
@@ -22,6 +24,19 @@ struct FileSettings {
     shutdown_grace: Option<u64>,
     session_idle: Option<String>,
     session_max: Option<String>,
+    audit_failure: Option<String>,
+    audit_checkpoints: Option<PathBuf>,
+    alerts: Option<AlertFileSettings>,
+}
+
+/// The `[alerts]` table of `ward.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertFileSettings {
+    distinct_patients: Option<usize>,
+    patient_window_minutes: Option<u64>,
+    sign_in_failures: Option<usize>,
+    sign_in_window_minutes: Option<u64>,
 }
 
 /// Resolved settings.
@@ -48,6 +63,12 @@ pub struct Settings {
     pub session_idle: i64,
     /// Seconds after sign-in at which a web sign-in session ends.
     pub session_max: i64,
+    /// What happens to a request whose audit record cannot be written.
+    pub audit_failure: AuditFailure,
+    /// The checkpoint file named in `ward.toml`, if any.
+    pub audit_checkpoints: Option<PathBuf>,
+    /// The alert thresholds.
+    pub alerts: AlertSettings,
 }
 
 impl Settings {
@@ -110,6 +131,12 @@ pub fn resolve(args: &ServeArgs) -> Result<Settings> {
     if session_idle > session_max {
         bail!("session_idle must not be longer than session_max");
     }
+    let audit_failure = match file.audit_failure.as_deref() {
+        None | Some("deny") => AuditFailure::Deny,
+        Some("allow") => AuditFailure::Allow,
+        Some(other) => bail!("audit_failure must be \"deny\" or \"allow\", got '{other}'"),
+    };
+    let alerts = alert_settings(file.alerts.unwrap_or_default())?;
     Ok(Settings {
         data,
         listen,
@@ -124,7 +151,37 @@ pub fn resolve(args: &ServeArgs) -> Result<Settings> {
         shutdown_grace: args.shutdown_grace.or(file.shutdown_grace).unwrap_or(30),
         session_idle,
         session_max,
+        audit_failure,
+        audit_checkpoints: file.audit_checkpoints,
+        alerts,
     })
+}
+
+/// Applies the `[alerts]` table over the default thresholds.
+fn alert_settings(file: AlertFileSettings) -> Result<AlertSettings> {
+    let mut alerts = AlertSettings::default();
+    let minutes = |name: &str, value: u64| {
+        if value == 0 || value > 7 * 24 * 60 {
+            bail!("alerts.{name} must be between 1 and 10080 minutes, got {value}");
+        }
+        Ok(std::time::Duration::from_secs(value * 60))
+    };
+    if let Some(count) = file.distinct_patients {
+        alerts.distinct_patients = count;
+    }
+    if let Some(value) = file.patient_window_minutes {
+        alerts.patient_window = minutes("patient_window_minutes", value)?;
+    }
+    if let Some(count) = file.sign_in_failures {
+        if count == 0 {
+            bail!("alerts.sign_in_failures must be at least 1");
+        }
+        alerts.sign_in_failures = count;
+    }
+    if let Some(value) = file.sign_in_window_minutes {
+        alerts.sign_in_window = minutes("sign_in_window_minutes", value)?;
+    }
+    Ok(alerts)
 }
 
 /// Longest accepted session timeout: 30 days, in seconds.

@@ -1,7 +1,8 @@
 //! `ward`: the operator binary. It serves the FHIR API over HTTPS, prints
-//! the CA certificate, mints access tokens, imports FHIR data and migrates
-//! PostgreSQL databases.
+//! the CA certificate, mints access tokens, imports FHIR data, migrates
+//! PostgreSQL databases and verifies the audit log.
 
+mod audit;
 mod cli;
 mod client;
 mod config;
@@ -25,6 +26,7 @@ fn main() -> std::process::ExitCode {
         Command::User(args) => user::run(args),
         Command::Client(args) => client::run(args),
         Command::Migrate(args) => migrate::run(args),
+        Command::Audit(args) => audit::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

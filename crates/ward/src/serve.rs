@@ -7,6 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use axum_server::tls_rustls::RustlsConfig;
 use ward_server::access::Access;
+use ward_server::audit::alerts::{self, Alerts, Webhook};
+use ward_server::audit::checkpoints::{self, Checkpointer};
+use ward_server::audit::{AuditFailure, Auditor};
 use ward_server::auth::{Grant, TokenIssuer, TokenVerifier};
 use ward_server::fhir::engine::{Engine, Limits};
 use ward_server::oauth::{OAuthServer, OAuthSettings};
@@ -15,23 +18,102 @@ use ward_server::tls::{CertFiles, server_config};
 use ward_server::{AppState, app};
 use ward_store::Store;
 
-use crate::cli::{DataArgs, ServeArgs, TokenArgs};
+use crate::cli::{AuditServeArgs, DataArgs, ServeArgs, ServeCommand, TokenArgs};
 use crate::config::{Settings, resolve};
 
 /// The organization name written into a new CA.
-const DEFAULT_ORG_NAME: &str = "Ward organization";
+pub(crate) const DEFAULT_ORG_NAME: &str = "Ward organization";
 
 /// The longest lifetime `ward token` grants.
 const MAX_TOKEN_TTL_SECS: i64 = 24 * 3600;
 
 /// Runs the server until SIGTERM or Ctrl-C.
-pub fn run(args: ServeArgs) -> Result<()> {
-    let settings = resolve(&args)?;
+pub fn run(args: ServeCommand) -> Result<()> {
+    let settings = resolve(&args.serve)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(settings))
+    runtime.block_on(serve(settings, args.audit))
+}
+
+/// Builds the HTTPS client of the alert webhook, trusting only `ca`.
+fn alert_webhook(args: &AuditServeArgs) -> Result<Option<Webhook>> {
+    let Some(url) = &args.alert_webhook else {
+        return Ok(None);
+    };
+    if !url.starts_with("https://") {
+        bail!("--alert-webhook must be an https:// URL");
+    }
+    let Some(ca) = &args.siem_ca else {
+        bail!("--alert-webhook needs --siem-ca, the CA certificate its server uses");
+    };
+    let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+    let certificate = reqwest::Certificate::from_pem(&pem)
+        .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(certificate)
+        .build()
+        .context("building the alert webhook client")?;
+    Ok(Some(Webhook {
+        url: url.clone(),
+        client,
+    }))
+}
+
+/// Loads the audit key and checkpoint file, checks the records after the
+/// newest checkpoint, and builds the auditor.
+async fn start_audit(
+    settings: &Settings,
+    args: &AuditServeArgs,
+    data: &DataDir,
+    keys: &Keys,
+    store: &Arc<dyn Store>,
+) -> Result<(Arc<Auditor>, Checkpointer)> {
+    let key = data
+        .audit_key(&keys.master)
+        .context("loading the audit key")?;
+    let path = args
+        .audit_checkpoints
+        .clone()
+        .or_else(|| settings.audit_checkpoints.clone())
+        .unwrap_or_else(|| data.audit_checkpoints_path());
+    if settings.audit_failure == AuditFailure::Allow {
+        tracing::warn!(
+            "audit_failure = \"allow\": requests proceed when their audit record cannot be written"
+        );
+        eprintln!(
+            "warning: audit_failure = \"allow\" in ward.toml; requests will not fail when the audit log cannot be written"
+        );
+    }
+    let alerts = Alerts::new(settings.alerts.clone(), alert_webhook(args)?);
+    let auditor = Arc::new(
+        Auditor::new(settings.origin.trim_start_matches("https://"))
+            .with_failure(settings.audit_failure)
+            .with_writer(store.clone())
+            .with_alerts(alerts),
+    );
+    let checkpointer = Checkpointer::new(store.clone(), key, path.clone(), &auditor);
+    if let Some(newest) = checkpoints::latest_in(&path) {
+        let tail_store = store.clone();
+        let checked =
+            tokio::task::spawn_blocking(move || checkpoints::verify_tail(&*tail_store, &newest))
+                .await
+                .context("checking the audit log")?;
+        if let Err(problem) = checked {
+            tracing::error!(target: "ward::audit", %problem, "the audit log failed verification at startup");
+            alerts::raise(
+                &auditor,
+                "audit_verification_failed",
+                None,
+                &[("problem", problem)],
+            )
+            .await;
+        }
+    }
+    Ok((auditor, checkpointer))
 }
 
 /// Opens the configured store. A new PostgreSQL database gets the schema;
@@ -56,7 +138,7 @@ pub fn verifier(settings: &Settings, keys: &Keys) -> Result<TokenVerifier> {
         .context("loading the token verification key")
 }
 
-async fn serve(settings: Settings) -> Result<()> {
+async fn serve(settings: Settings, audit_args: AuditServeArgs) -> Result<()> {
     let data = DataDir::new(&settings.data);
     let (keys, created) = data
         .open_or_init(DEFAULT_ORG_NAME)
@@ -71,14 +153,18 @@ async fn serve(settings: Settings) -> Result<()> {
         settings.origin.as_bytes(),
         0o644,
     )?;
+    let (auditor, checkpointer) = start_audit(&settings, &audit_args, &data, &keys, &store).await?;
+    let (stop_checkpoints, stopped) = tokio::sync::watch::channel(false);
+    let checkpoint_task = tokio::spawn(checkpointer.run(auditor.clone(), stopped));
     let engine = Arc::new(Engine {
-        store,
+        store: store.clone(),
         base: settings.fhir_base(),
         limits: Limits {
             max_body_bytes: settings.max_body_bytes,
             ..Limits::default()
         },
         access: load_access(&settings)?,
+        auditor: auditor.clone(),
     });
     let verifier = Arc::new(verifier(&settings, &keys)?);
     let oauth_settings = OAuthSettings::new(&settings.origin, &settings.fhir_base())
@@ -150,7 +236,13 @@ async fn serve(settings: Settings) -> Result<()> {
             );
         }
     });
-    server.await.context("the HTTPS server stopped")?;
+    let served = server.await.context("the HTTPS server stopped");
+    // A last checkpoint covers the records of the final requests.
+    let _ = stop_checkpoints.send(true);
+    if let Err(error) = checkpoint_task.await {
+        tracing::error!(target: "ward::audit", %error, "the checkpoint task failed");
+    }
+    served?;
     tracing::info!("server stopped");
     Ok(())
 }

@@ -19,7 +19,7 @@ use crate::config::resolve;
 /// Options of `ward user`.
 #[derive(Debug, Args)]
 pub struct UserArgs {
-    /// What to do.
+    /// The subcommand to run.
     #[command(subcommand)]
     pub command: UserCommand,
 }
@@ -37,8 +37,8 @@ pub enum UserCommand {
     ResetMfa(UserNameArgs),
 }
 
-/// Where the identity records live: the data directory (keys, `ward.toml`)
-/// and optionally the database.
+/// The location of the identity records: the data directory (keys,
+/// `ward.toml`) and optionally the database.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
     /// The data directory.

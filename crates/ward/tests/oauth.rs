@@ -329,6 +329,7 @@ async fn sign_in_for_code(
     );
     let done = browser.approve(&page, patient).await;
     assert_eq!(done.status, StatusCode::FOUND, "{}", done.body);
+    assert!(!browser.cookies.contains_key("__Host-ward-authz"));
     let query = done.redirect_params();
     assert_eq!(query.get("state").map(String::as_str), Some("st-123"));
     query.get("code").expect("a code").clone()
@@ -458,7 +459,18 @@ async fn public_client_flow_reads_patient() {
     assert!(body["refresh_token"].is_string(), "{body}");
     let expires_in = body["expires_in"].as_i64().expect("expires_in");
     assert!((300..=900).contains(&expires_in), "{expires_in}");
-    let id_token = jwt_claims(body["id_token"].as_str().expect("id_token"));
+    let id_token_text = body["id_token"].as_str().expect("id_token");
+    let (signed, signature) = id_token_text.rsplit_once('.').expect("JWS");
+    let signature = URL_SAFE_NO_PAD.decode(signature).expect("base64url");
+    let key = &jwks["keys"][0];
+    let (x, y) = (key["x"].as_str().expect("x"), key["y"].as_str().expect("y"));
+    assert!(ward_crypto::verify_es256(
+        x,
+        y,
+        signed.as_bytes(),
+        &signature
+    ));
+    let id_token = jwt_claims(id_token_text);
     assert_eq!(id_token["aud"], "growth-chart");
     assert_eq!(id_token["nonce"], "n-456");
     assert_eq!(id_token["iss"], json!(server.origin()));
@@ -1114,4 +1126,62 @@ async fn fhirclient_python_flow_reads_patient() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("family=Okafor"), "{stdout}");
+}
+
+#[tokio::test]
+async fn confidential_client_uses_basic_secret() {
+    let (server, mut user, patient) = setup("patient", true).await;
+    let output = ward(
+        &server,
+        &[
+            "client",
+            "add",
+            "--id",
+            "clinic-portal",
+            "--confidential",
+            "--redirect-uri",
+            APP_REDIRECT,
+        ],
+        None,
+    );
+    let secret = output
+        .lines()
+        .find_map(|l| l.strip_prefix("Client secret: "))
+        .expect("the secret is printed")
+        .to_owned();
+    let mut browser = Browser::new(&server);
+    let params = request_params(&server, "clinic-portal", PATIENT_SCOPE);
+    let code = sign_in_for_code(&mut browser, &params, &mut user, None).await;
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", APP_REDIRECT),
+        ("code_verifier", VERIFIER),
+    ];
+    let url = format!("{}/oauth/token", server.origin());
+
+    let anonymous = server
+        .client()
+        .post(&url)
+        .form(&[form.as_slice(), &[("client_id", "clinic-portal")]].concat())
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+
+    // The rejected attempt did not spend the code: client authentication
+    // comes first.
+    let response = server
+        .client()
+        .post(&url)
+        .basic_auth("clinic-portal", Some(&secret))
+        .form(&form)
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let tokens: Value = response.json().await.expect("JSON");
+    assert_eq!(tokens["patient"], json!(patient));
+    let claims = jwt_claims(tokens["access_token"].as_str().expect("access"));
+    assert_eq!(claims["client_id"], "clinic-portal");
 }

@@ -21,6 +21,7 @@ use crate::fhir::engine::{
     Engine, WriteResult, bundle, check_type, parse_query, query_pairs, truncate,
 };
 use crate::fhir::response::{ReturnPreference, parse_etag};
+use ward_audit::record::{Entity, Subtype};
 use ward_auth::policy::Interaction;
 
 /// One entry's request, parsed.
@@ -235,6 +236,18 @@ impl Engine {
         body: &Value,
         prefer: ReturnPreference,
     ) -> FhirResult<Value> {
+        self.process_bundle_from(principal, None, body, prefer)
+    }
+
+    /// Like [`Engine::process_bundle`], for a caller connected from
+    /// `network`, which the audit records name.
+    pub fn process_bundle_from(
+        &self,
+        principal: &Principal,
+        network: Option<std::net::IpAddr>,
+        body: &Value,
+        prefer: ReturnPreference,
+    ) -> FhirResult<Value> {
         if body.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(FhirError::invalid_at(
                 IssueType::Invalid,
@@ -267,11 +280,13 @@ impl Engine {
         }
         match kind {
             "transaction" => {
-                let caller = self.access.caller(&*self.store, principal)?;
+                let mut caller = self.access.caller(&*self.store, principal)?;
+                caller.set_network(network);
                 self.transaction(&caller, &entries, prefer)
             }
             "batch" => {
-                let caller = self.access.caller(&*self.store, principal)?;
+                let mut caller = self.access.caller(&*self.store, principal)?;
+                caller.set_network(network);
                 Ok(self.batch(&caller, &entries, prefer))
             }
             other => Err(FhirError::invalid_at(
@@ -565,7 +580,46 @@ impl Engine {
                 )?
             }
         };
+        self.audit_get(caller, request, &resource)?;
         Ok(json!({ "resource": resource, "response": { "status": "200 OK" } }))
+    }
+
+    /// Records a GET entry's read before its response is returned.
+    fn audit_get(
+        &self,
+        caller: &Caller<'_>,
+        request: &EntryRequest,
+        resource: &Value,
+    ) -> FhirResult<()> {
+        let is_bundle = resource.get("resourceType").and_then(Value::as_str) == Some("Bundle");
+        let (subtype, resources): (Subtype, Vec<&Value>) = if is_bundle {
+            let subtype = if request.history {
+                Subtype::HistoryInstance
+            } else {
+                Subtype::SearchType
+            };
+            let entries = resource
+                .get("entry")
+                .and_then(Value::as_array)
+                .map(|entries| entries.iter().filter_map(|e| e.get("resource")).collect())
+                .unwrap_or_default();
+            (subtype, entries)
+        } else if request.version.is_some() {
+            (Subtype::Vread, vec![resource])
+        } else {
+            (Subtype::Read, vec![resource])
+        };
+        let target = request
+            .id
+            .as_deref()
+            .and_then(|id| Entity::resource(&request.resource_type, id, request.version).ok());
+        let records = self
+            .auditor
+            .read_records(caller.actor(), subtype, target, None, resources);
+        for record in records {
+            self.auditor.commit_blocking(&*self.store, record)?;
+        }
+        Ok(())
     }
 
     /// Runs every entry of a batch on its own.

@@ -10,7 +10,9 @@ use ward_fhir::search::{Handling, SearchQuery, parse_search};
 use ward_store::{ResourceVersion, Store, StoreError, WriteTx};
 
 use crate::access::{Access, Caller};
+use crate::audit::Auditor;
 use crate::error::{FhirError, FhirResult};
+use ward_audit::record::{Action, Subtype};
 use ward_auth::policy::Interaction;
 
 /// Request limits. Each is documented in the README.
@@ -50,6 +52,8 @@ pub struct Engine {
     pub limits: Limits,
     /// The access policy.
     pub access: Access,
+    /// Builds and writes the audit records.
+    pub auditor: Arc<Auditor>,
 }
 
 /// The result of a write interaction.
@@ -71,6 +75,19 @@ pub fn is_valid_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// Rejects writes to `AuditEvent` with 405: the audit log is written by
+/// the server alone.
+pub fn reject_audit_write(resource_type: &str) -> FhirResult<()> {
+    if resource_type == "AuditEvent" {
+        return Err(FhirError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            IssueType::NotSupported,
+            "AuditEvent is written by the server only; it cannot be created, changed or deleted",
+        ));
+    }
+    Ok(())
 }
 
 /// Rejects an unknown resource type in a URL with 404.
@@ -196,6 +213,7 @@ impl Engine {
         if_none_exist: Option<&str>,
         assigned_id: Option<String>,
     ) -> FhirResult<WriteResult> {
+        reject_audit_write(resource_type)?;
         check_resource(&resource, resource_type)?;
         caller.require_type(resource_type, Interaction::Create)?;
         caller.require_resource(Interaction::Create, &resource, true)?;
@@ -231,6 +249,14 @@ impl Engine {
         let id = assigned_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         set_id(&mut resource, &id);
         let version = tx.create(resource)?;
+        self.auditor.record_write(
+            tx,
+            caller.actor(),
+            Subtype::Create,
+            Action::Create,
+            (resource_type, &id, Some(version.version)),
+            version.resource.as_ref(),
+        )?;
         Ok(WriteResult {
             status: StatusCode::CREATED,
             message: format!("created {resource_type}/{id}"),
@@ -254,6 +280,7 @@ impl Engine {
                 truncate(id, 70)
             )));
         }
+        reject_audit_write(resource_type)?;
         check_resource(&resource, resource_type)?;
         match resource.get("id").and_then(Value::as_str) {
             Some(body_id) if body_id == id => {}
@@ -284,6 +311,19 @@ impl Engine {
         }
         caller.require_resource(Interaction::Update, &resource, true)?;
         let (version, created) = tx.update(resource, if_match)?;
+        let (subtype, action) = if created {
+            (Subtype::Create, Action::Create)
+        } else {
+            (Subtype::Update, Action::Update)
+        };
+        self.auditor.record_write(
+            tx,
+            caller.actor(),
+            subtype,
+            action,
+            (resource_type, id, Some(version.version)),
+            version.resource.as_ref(),
+        )?;
         Ok(WriteResult {
             status: if created {
                 StatusCode::CREATED
@@ -352,22 +392,36 @@ impl Engine {
         id: &str,
         if_match: Option<u64>,
     ) -> FhirResult<WriteResult> {
+        reject_audit_write(resource_type)?;
         caller.require_type(resource_type, Interaction::Delete)?;
-        match tx.read(resource_type, id) {
+        let before = match tx.read(resource_type, id) {
             Ok(existing) => {
                 if let Some(current) = &existing.resource {
                     caller.require_resource(Interaction::Delete, current, false)?;
                 }
+                existing.resource
             }
-            Err(StoreError::NotFound { .. } | StoreError::Gone { .. }) => {}
+            Err(StoreError::NotFound { .. } | StoreError::Gone { .. }) => None,
             Err(err) => return Err(err.into()),
-        }
+        };
         match tx.delete(resource_type, id, if_match) {
-            Ok(marker) => Ok(WriteResult {
-                status: StatusCode::NO_CONTENT,
-                message: format!("deleted {resource_type}/{id}"),
-                version: marker,
-            }),
+            Ok(marker) => {
+                if let Some(marker) = &marker {
+                    self.auditor.record_write(
+                        tx,
+                        caller.actor(),
+                        Subtype::Delete,
+                        Action::Delete,
+                        (resource_type, id, Some(marker.version)),
+                        before.as_ref(),
+                    )?;
+                }
+                Ok(WriteResult {
+                    status: StatusCode::NO_CONTENT,
+                    message: format!("deleted {resource_type}/{id}"),
+                    version: marker,
+                })
+            }
             Err(StoreError::NotFound { .. }) => Err(FhirError::not_found(format!(
                 "{resource_type}/{} is not known",
                 truncate(id, 70)

@@ -9,6 +9,7 @@ use ward_auth::policy::Role;
 use ward_fhir::{IssueType, OperationOutcome, OutcomeIssue};
 
 use crate::access::{BREAK_GLASS_NS, StoredGrants};
+use crate::audit::Actor;
 use crate::auth::Principal;
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::engine::Engine;
@@ -30,12 +31,16 @@ impl Engine {
     /// The body is a Parameters resource with `reason` (valueString,
     /// required) and `minutes` (valueInteger, optional, capped by the
     /// policy).
+    ///
+    /// The grant is recorded in the audit log (purpose of use `BTG`) before
+    /// it is stored. Returns the OperationOutcome and the granted minutes.
     pub fn break_the_glass(
         &self,
         principal: &Principal,
+        actor: &Actor,
         patient_id: &str,
         body: &Value,
-    ) -> FhirResult<Value> {
+    ) -> FhirResult<(Value, i64)> {
         let role = principal
             .role
             .as_deref()
@@ -91,15 +96,10 @@ impl Engine {
         let expires = grant.expires;
         stored.grants.push(grant);
         let bytes = serde_json::to_vec(&stored).map_err(|e| FhirError::internal(&e))?;
+        let record = self.auditor.break_the_glass(actor, patient_id, minutes);
+        self.auditor.commit_blocking(&*self.store, record)?;
         self.store
             .kv_put(BREAK_GLASS_NS, &principal.subject, &bytes, None)?;
-        tracing::warn!(
-            target: "ward::alert",
-            user = %principal.subject,
-            patient = %patient_id,
-            minutes,
-            "break-the-glass access granted"
-        );
         let expires_text = expires
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
@@ -108,6 +108,6 @@ impl Engine {
         )))
         .to_json();
         outcome["issue"][0]["details"] = json!({ "text": "BTG" });
-        Ok(outcome)
+        Ok((outcome, minutes))
     }
 }

@@ -1,20 +1,24 @@
 //! The axum routes of the FHIR REST API under `/fhir`, and the extractors
 //! that authenticate, negotiate the format and read bodies.
 
+use std::net::{IpAddr, SocketAddr};
+
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::request::Parts;
 use http::{HeaderMap, StatusCode, header};
 use serde_json::Value;
+use ward_audit::record::{Action, Entity, Subtype};
 use ward_fhir::IssueType;
 use ward_fhir::search::Handling;
 use ward_store::HistoryScope;
 
 use crate::AppState;
-use crate::access::Caller;
+use crate::access::{Caller, Denial};
+use crate::audit::Actor;
 use crate::auth::{Principal, authenticate};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::engine::{Engine, check_type, query_pairs, truncate};
@@ -32,6 +36,8 @@ pub struct Ctx {
     pub raw_query: String,
     /// The request headers.
     pub headers: HeaderMap,
+    /// The peer IP address.
+    pub peer: Option<IpAddr>,
 }
 
 const JSON_TYPES: [&str; 3] = [
@@ -90,14 +96,65 @@ impl FromRequestParts<AppState> for Ctx {
         let raw_query = parts.uri.query().unwrap_or("").to_owned();
         let query = query_pairs(&raw_query)?;
         negotiate(&parts.headers, &query)?;
-        let principal = authenticate(&parts.headers, &state.verifier)?;
-        crate::oauth::check_principal(state, &principal).await?;
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip());
+        let principal = match authenticate(&parts.headers, &state.verifier) {
+            Ok(principal) => principal,
+            Err(err) => {
+                let actor = Actor {
+                    user_id: "anonymous".to_owned(),
+                    network: peer,
+                    ..Actor::default()
+                };
+                let reason = crate::audit::ascii(
+                    &err.outcome.to_json()["issue"][0]["diagnostics"]
+                        .as_str()
+                        .unwrap_or("authentication failed"),
+                );
+                let record = state.engine.auditor.denial(
+                    &actor,
+                    subtype_for(&parts.method, parts.uri.path()),
+                    action_for(&parts.method),
+                    &reason,
+                    None,
+                    &[],
+                );
+                state.engine.auditor.commit(record).await?;
+                return Err(err);
+            }
+        };
+        if let Err(err) = crate::oauth::check_principal(state, &principal).await {
+            if err.status == StatusCode::UNAUTHORIZED {
+                let actor = Actor::from_principal(&principal, peer);
+                let auditor = &state.engine.auditor;
+                let record = auditor.denial(
+                    &actor,
+                    subtype_for(&parts.method, parts.uri.path()),
+                    action_for(&parts.method),
+                    "token revoked",
+                    None,
+                    &[],
+                );
+                auditor.commit(record).await?;
+                crate::audit::alerts::raise(
+                    auditor,
+                    "revoked_token",
+                    Some(&actor),
+                    &[("user", principal.subject.clone())],
+                )
+                .await;
+            }
+            return Err(err);
+        }
         Ok(Ctx {
             principal,
             prefer: Prefer::from_headers(&parts.headers),
             query,
             raw_query,
             headers: parts.headers.clone(),
+            peer,
         })
     }
 }
@@ -233,10 +290,13 @@ async fn read(
     ctx: Ctx,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
-    let version = run(&state, &ctx, move |engine, caller| {
+    let version = run(&state, &ctx, Subtype::Read, move |engine, caller| {
         engine.read(caller, &resource_type, &id)
     })
     .await?;
+    let target = Entity::resource(&version.resource_type, &version.id, Some(version.version)).ok();
+    let resources = version.resource.iter().cloned().collect();
+    audit_read(&state, &ctx, Subtype::Read, target, false, resources).await?;
     let tag = ctx
         .headers
         .get(header::IF_NONE_MATCH)
@@ -284,10 +344,13 @@ async fn vread(
             truncate(&vid, 20)
         ))
     })?;
-    let found = run(&state, &ctx, move |engine, caller| {
+    let found = run(&state, &ctx, Subtype::Vread, move |engine, caller| {
         engine.vread(caller, &resource_type, &id, version)
     })
     .await?;
+    let target = Entity::resource(&found.resource_type, &found.id, Some(found.version)).ok();
+    let resources = found.resource.iter().cloned().collect();
+    audit_read(&state, &ctx, Subtype::Vread, target, false, resources).await?;
     match &found.resource {
         Some(resource) => Ok(resource_response(&found, resource)),
         None => {
@@ -318,7 +381,7 @@ async fn create(
         .get("if-none-exist")
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim_start_matches('?').to_owned());
-    let result = run(&state, &ctx, move |engine, caller| {
+    let result = run(&state, &ctx, Subtype::Create, move |engine, caller| {
         let mut tx = engine.store.begin()?;
         let result = engine.create(
             tx.as_mut(),
@@ -365,7 +428,7 @@ async fn update(
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
     let if_match = if_match(&ctx.headers)?;
-    let result = run(&state, &ctx, move |engine, caller| {
+    let result = run(&state, &ctx, Subtype::Update, move |engine, caller| {
         let mut tx = engine.store.begin()?;
         let result = engine.update(tx.as_mut(), caller, &resource_type, &id, body, if_match)?;
         tx.commit()?;
@@ -384,7 +447,7 @@ async fn conditional_update(
     check_type(&resource_type)?;
     let if_match = if_match(&ctx.headers)?;
     let query = ctx.raw_query.clone();
-    let result = run(&state, &ctx, move |engine, caller| {
+    let result = run(&state, &ctx, Subtype::Update, move |engine, caller| {
         let mut tx = engine.store.begin()?;
         let result = engine.conditional_update(
             tx.as_mut(),
@@ -408,7 +471,7 @@ async fn delete(
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
     let if_match = if_match(&ctx.headers)?;
-    let result = run(&state, &ctx, move |engine, caller| {
+    let result = run(&state, &ctx, Subtype::Delete, move |engine, caller| {
         let mut tx = engine.store.begin()?;
         let result = engine.delete(tx.as_mut(), caller, &resource_type, &id, if_match)?;
         tx.commit()?;
@@ -425,7 +488,7 @@ async fn conditional_delete(
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
     let query = ctx.raw_query.clone();
-    let result = run(&state, &ctx, move |engine, caller| {
+    let result = run(&state, &ctx, Subtype::Delete, move |engine, caller| {
         let mut tx = engine.store.begin()?;
         let result = engine.conditional_delete(tx.as_mut(), caller, &resource_type, &query)?;
         tx.commit()?;
@@ -435,19 +498,161 @@ async fn conditional_delete(
     write_result(&state.engine, &ctx, result)
 }
 
-/// Runs `f` on a blocking thread with the caller's access decisions.
+/// Runs `f` on a blocking thread with the caller's access decisions. A
+/// request that access control rejected (403, or 404 for a resource the
+/// caller may not see) is recorded in the audit log as a minor failure.
 async fn run<T: Send + 'static>(
     state: &AppState,
     ctx: &Ctx,
+    subtype: Subtype,
     f: impl FnOnce(&Engine, &Caller<'_>) -> FhirResult<T> + Send + 'static,
 ) -> FhirResult<T> {
     let engine = state.engine.clone();
     let principal = ctx.principal.clone();
-    blocking(move || {
-        let caller = engine.access.caller(&*engine.store, &principal)?;
-        f(&engine, &caller)
+    let peer = ctx.peer;
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut caller = match engine.access.caller(&*engine.store, &principal) {
+            Ok(caller) => caller,
+            Err(err) => return (Err(err), Vec::new()),
+        };
+        caller.set_network(peer);
+        let result = f(&engine, &caller);
+        (result, caller.take_denials())
     })
-    .await
+    .await;
+    let (result, denials) = match joined {
+        Ok(done) => done,
+        Err(err) => return Err(FhirError::internal(&err)),
+    };
+    if let Err(err) = &result {
+        record_denial(state, ctx, subtype, err, &denials).await?;
+    }
+    result
+}
+
+/// Records a request rejected by access control.
+async fn record_denial(
+    state: &AppState,
+    ctx: &Ctx,
+    subtype: Subtype,
+    err: &FhirError,
+    denials: &[Denial],
+) -> FhirResult<()> {
+    let forbidden = err.status == StatusCode::FORBIDDEN;
+    if !forbidden && denials.is_empty() {
+        return Ok(());
+    }
+    let actor = Actor::from_principal(&ctx.principal, ctx.peer);
+    let (reason, target, patients) = match denials.first() {
+        Some(denial) => {
+            let target = denial
+                .id
+                .as_deref()
+                .and_then(|id| Entity::resource(&denial.resource_type, id, None).ok());
+            (denial.reason.clone(), target, denial.patients.clone())
+        }
+        None => ("access denied".to_owned(), None, Vec::new()),
+    };
+    let auditor = &state.engine.auditor;
+    let record = auditor.denial(
+        &actor,
+        subtype,
+        action_of(subtype),
+        &reason,
+        target,
+        &patients,
+    );
+    auditor.commit(record).await
+}
+
+/// The audit action of an interaction.
+fn action_of(subtype: Subtype) -> Action {
+    match subtype {
+        Subtype::Create => Action::Create,
+        Subtype::Update | Subtype::Patch => Action::Update,
+        Subtype::Delete => Action::Delete,
+        Subtype::Read
+        | Subtype::Vread
+        | Subtype::Search
+        | Subtype::SearchType
+        | Subtype::SearchSystem
+        | Subtype::History
+        | Subtype::HistoryInstance
+        | Subtype::HistoryType
+        | Subtype::HistorySystem => Action::Read,
+        _ => Action::Execute,
+    }
+}
+
+/// The interaction a rejected request would have been, from its method
+/// and path alone.
+fn subtype_for(method: &http::Method, path: &str) -> Subtype {
+    let segments = path
+        .trim_start_matches("/fhir")
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .count();
+    match *method {
+        http::Method::POST if segments == 0 => Subtype::Transaction,
+        http::Method::POST if path.contains('$') => Subtype::Operation,
+        http::Method::POST if path.ends_with("_search") => Subtype::Search,
+        http::Method::POST => Subtype::Create,
+        http::Method::PUT => Subtype::Update,
+        http::Method::DELETE => Subtype::Delete,
+        _ if path.contains("_history") => Subtype::History,
+        _ if segments >= 2 => Subtype::Read,
+        _ => Subtype::Search,
+    }
+}
+
+fn action_for(method: &http::Method) -> Action {
+    match *method {
+        http::Method::POST => Action::Create,
+        http::Method::PUT => Action::Update,
+        http::Method::DELETE => Action::Delete,
+        _ => Action::Read,
+    }
+}
+
+/// Records a successful read, search or history before its response is
+/// sent, one patient entity per patient whose data `resources` holds.
+async fn audit_read(
+    state: &AppState,
+    ctx: &Ctx,
+    subtype: Subtype,
+    target: Option<Entity>,
+    query: bool,
+    resources: Vec<Value>,
+) -> FhirResult<()> {
+    let auditor = &state.engine.auditor;
+    let actor = Actor::from_principal(&ctx.principal, ctx.peer);
+    let query = query.then_some(ctx.query.as_slice());
+    let records = auditor.read_records(&actor, subtype, target, query, resources.iter());
+    let mut patients = Vec::new();
+    for record in records {
+        for entity in &record.entities {
+            if let Entity::Patient { reference } = entity {
+                patients.push(reference.trim_start_matches("Patient/").to_owned());
+            }
+        }
+        auditor.commit(record).await?;
+    }
+    crate::audit::alerts::patients_read(auditor, &actor, &patients).await;
+    Ok(())
+}
+
+/// The resources of a searchset or history Bundle.
+fn bundle_resources(bundle: &Value) -> Vec<Value> {
+    bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .map(|entries| {
+            entries
+                .iter()
+                .filter_map(|entry| entry.get("resource").cloned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 async fn run_search(
@@ -458,10 +663,16 @@ async fn run_search(
     link: String,
 ) -> FhirResult<Response> {
     let handling = handling(ctx);
-    let bundle = run(state, ctx, move |engine, caller| {
+    let subtype = if resource_type.is_some() {
+        Subtype::SearchType
+    } else {
+        Subtype::SearchSystem
+    };
+    let bundle = run(state, ctx, subtype, move |engine, caller| {
         engine.search(resource_type.as_deref(), &pairs, handling, &link, caller)
     })
     .await?;
+    audit_read(state, ctx, subtype, None, true, bundle_resources(&bundle)).await?;
     Ok(json_response(StatusCode::OK, &bundle))
 }
 
@@ -536,9 +747,25 @@ async fn history(
 ) -> FhirResult<Response> {
     let pairs = ctx.query.clone();
     let link = self_link(&state.engine, path, &ctx.raw_query);
-    let bundle = run(state, ctx, move |engine, caller| {
+    let (subtype, target) = match &scope {
+        HistoryScope::System => (Subtype::HistorySystem, None),
+        HistoryScope::Type(_) => (Subtype::HistoryType, None),
+        HistoryScope::Instance(t, id) => {
+            (Subtype::HistoryInstance, Entity::resource(t, id, None).ok())
+        }
+    };
+    let bundle = run(state, ctx, subtype, move |engine, caller| {
         engine.history(scope, &pairs, &link, caller)
     })
+    .await?;
+    audit_read(
+        state,
+        ctx,
+        subtype,
+        target,
+        false,
+        bundle_resources(&bundle),
+    )
     .await?;
     Ok(json_response(StatusCode::OK, &bundle))
 }
@@ -587,7 +814,9 @@ async fn post_bundle(
     } else {
         crate::fhir::response::ReturnPreference::Minimal
     };
-    let bundle = blocking(move || engine.process_bundle(&principal, &body, prefer)).await?;
+    let peer = ctx.peer;
+    let bundle =
+        blocking(move || engine.process_bundle_from(&principal, peer, &body, prefer)).await?;
     Ok(json_response(StatusCode::OK, &bundle))
 }
 
@@ -598,7 +827,28 @@ async fn break_the_glass(
     FhirBody(body): FhirBody,
 ) -> FhirResult<Response> {
     let engine = state.engine.clone();
+    let actor = Actor::from_principal(&ctx.principal, ctx.peer);
     let principal = ctx.principal.clone();
-    let outcome = blocking(move || engine.break_the_glass(&principal, &id, &body)).await?;
+    let patient = id.clone();
+    let granted = blocking(move || engine.break_the_glass(&principal, &actor, &id, &body)).await;
+    let (outcome, minutes) = match granted {
+        Ok(done) => done,
+        Err(err) => {
+            record_denial(&state, &ctx, Subtype::EmergencyOverrideStarted, &err, &[]).await?;
+            return Err(err);
+        }
+    };
+    let actor = Actor::from_principal(&ctx.principal, ctx.peer);
+    crate::audit::alerts::raise(
+        &state.engine.auditor,
+        "break_the_glass",
+        Some(&actor),
+        &[
+            ("user", ctx.principal.subject.clone()),
+            ("minutes", minutes.to_string()),
+        ],
+    )
+    .await;
+    let _ = patient;
     Ok(json_response(StatusCode::OK, &outcome))
 }

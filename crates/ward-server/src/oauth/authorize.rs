@@ -43,7 +43,8 @@ const MAX_FORM_BYTES: usize = 16 * 1024;
 /// Longest accepted `state` or `nonce`.
 const MAX_STATE_LEN: usize = 1024;
 /// The one message for every failed password sign-in, so that a reply
-/// never tells an unknown user from a wrong password or a locked account.
+/// never distinguishes an unknown user from a wrong password or a locked
+/// account.
 pub const SIGN_IN_FAILED: &str = "The user name or password is incorrect, or the account is locked for a while. Try again later.";
 const CODE_FAILED: &str = "The code is wrong, expired or already used.";
 const EXPIRED: &str =
@@ -70,7 +71,7 @@ impl Params {
     }
 }
 
-/// Where a pending request stands.
+/// The stage a pending request has reached.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Stage {
     Login,
@@ -128,6 +129,17 @@ async fn read_form(request: Request) -> Result<(HeaderMap, String, Params), Resp
             Page::error(StatusCode::PAYLOAD_TOO_LARGE, "The form is too large.").into_response()
         })?;
     Ok((parts.headers, source, Params::parse(&bytes)))
+}
+
+/// Logs a failed store write or random generation during sign-in and
+/// returns the error page.
+fn internal_error(step: &str) -> Response {
+    tracing::error!(target: "ward::auth", step, "a sign-in step failed in the store or the random generator");
+    Page::error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "The server could not complete the sign-in. Return to the application and try again.",
+    )
+    .into_response()
 }
 
 /// Redirects to the client with an OAuth error (RFC 6749 section 4.1.2.1).
@@ -237,11 +249,7 @@ fn begin(server: &OAuthServer, headers: &HeaderMap, params: &Params) -> Response
 
     let now = OffsetDateTime::now_utc();
     let (Ok(cookie_token), Ok(csrf)) = (generate_token(), generate_token()) else {
-        return Page::error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "The server could not start the sign-in.",
-        )
-        .into_response();
+        return internal_error("generating the request cookie");
     };
     let stage = match session_user(server, headers, now) {
         Some(user) => Stage::Consent {
@@ -262,13 +270,8 @@ fn begin(server: &OAuthServer, headers: &HeaderMap, params: &Params) -> Response
         expires: now.unix_timestamp() + PENDING_TTL_SECS,
     };
     let key = digest_key(&TokenDigest::of(&cookie_token));
-    if let Err(error) = save_pending(server, &key, &pending) {
-        tracing::error!(%error, "storing a pending authorization request failed");
-        return Page::error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "The server could not start the sign-in.",
-        )
-        .into_response();
+    if save_pending(server, &key, &pending).is_err() {
+        return internal_error("storing the pending request");
     }
     let cookie = html::cookie(PENDING_COOKIE, &cookie_token, PENDING_TTL_SECS, "Strict");
     render_stage(server, &pending, None)
@@ -461,17 +464,17 @@ fn describe(scope: &Scope) -> String {
                     _ => None,
                 })
                 .collect();
-            let what = if resource.resource_type == "*" {
+            let records = if resource.resource_type == "*" {
                 "all kinds of records".to_owned()
             } else {
                 format!("{} records", resource.resource_type)
             };
-            let whose = match resource.context {
+            let owner = match resource.context {
                 ScopeContext::Patient => "of the selected patient",
                 ScopeContext::User => "that you may access",
                 ScopeContext::System => "of every patient",
             };
-            let mut text = format!("{} {what} {whose}", capitalize(&verbs.join(", ")));
+            let mut text = format!("{} {records} {owner}", capitalize(&verbs.join(", ")));
             if let Some(restriction) = &resource.restriction {
                 text.push_str(&format!(", limited to {restriction}"));
             }
@@ -597,7 +600,7 @@ fn sign_in(
         user_id: user.id.clone(),
     };
     if save_pending(server, &key, &pending).is_err() {
-        return Page::error(StatusCode::INTERNAL_SERVER_ERROR, EXPIRED).into_response();
+        return internal_error("storing the pending request");
     }
     mfa_page(&pending, None).into_response()
 }
@@ -680,7 +683,7 @@ fn second_factor(
     let _ = store.kv_delete(NS_THROTTLE_ACCOUNT, &account_key);
 
     let Ok(session_token) = generate_token() else {
-        return Page::error(StatusCode::INTERNAL_SERVER_ERROR, EXPIRED).into_response();
+        return internal_error("generating the session");
     };
     let now_secs = now.unix_timestamp();
     let session = Session {
@@ -698,7 +701,7 @@ fn second_factor(
     if identity::write(store, NS_SESSION, &session_key, &session, Some(expires)).is_err()
         || save_pending(server, &key, &pending).is_err()
     {
-        return Page::error(StatusCode::INTERNAL_SERVER_ERROR, EXPIRED).into_response();
+        return internal_error("storing the session");
     }
     tracing::info!(target: "ward::auth", user = %user.id, "signed in");
     // Lax, because the application sends the browser back here from its own
@@ -735,13 +738,14 @@ fn decide(
     };
     if params.get("decision") != Some("approve") {
         let _ = store.kv_delete(NS_PENDING, &key);
-        return redirect_error(
+        let response = redirect_error(
             server,
             &pending.redirect_uri,
             "access_denied",
             "the user denied access",
             Some(&pending.state),
         );
+        return clear_pending_cookie(response);
     }
 
     let requested = Scopes::parse(&pending.scope);
@@ -781,7 +785,7 @@ fn decide(
         nonce: pending.nonce.clone(),
     };
     let Ok((code, record)) = AuthorizationCode::issue(grant, now) else {
-        return Page::error(StatusCode::INTERNAL_SERVER_ERROR, EXPIRED).into_response();
+        return internal_error("issuing the authorization code");
     };
     let stored = StoredCode {
         code: record,
@@ -791,13 +795,23 @@ fn decide(
     let code_key = digest_key(&stored.code.digest);
     let expires = micros(now + time::Duration::seconds(USED_CODE_TTL_SECS));
     if identity::write(store, NS_CODE, &code_key, &stored, Some(expires)).is_err() {
-        return Page::error(StatusCode::INTERNAL_SERVER_ERROR, EXPIRED).into_response();
+        return internal_error("storing the authorization code");
     }
     let _ = store.kv_delete(NS_PENDING, &key);
     tracing::info!(target: "ward::auth", user = %user.id, client = %pending.client_id, "authorization granted");
-    redirect_with(
+    let response = redirect_with(
         server,
         &pending.redirect_uri,
         &[("code", code.as_str()), ("state", pending.state.as_str())],
-    )
+    );
+    clear_pending_cookie(response)
+}
+
+/// Deletes the pending-request cookie once the request is finished.
+fn clear_pending_cookie(mut response: Response) -> Response {
+    let cookie = html::cookie(PENDING_COOKIE, "", 0, "Strict");
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
 }

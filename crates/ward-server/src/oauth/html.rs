@@ -78,7 +78,7 @@ impl Page {
         }
     }
 
-    /// An error page that tells the user what went wrong.
+    /// An error page with a message for the user.
     pub fn error(status: StatusCode, message: &str) -> Self {
         Self::new(
             status,

@@ -180,7 +180,7 @@ impl UserRecord {
     }
 }
 
-/// What a new user needs.
+/// The fields of a new user.
 pub struct NewUser<'a> {
     /// The sign-in name.
     pub username: &'a str,
@@ -360,7 +360,7 @@ fn require_user(store: &dyn Store, username: &str) -> IdentityResult<UserRecord>
     find_user(store, username)?.ok_or_else(|| IdentityError::NotFound("the user".into()))
 }
 
-/// What disabling a user revoked.
+/// Counts of what disabling a user revoked.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Revoked {
     /// Web sessions ended.
@@ -506,7 +506,7 @@ pub struct ClientRecord {
     pub name: String,
 }
 
-/// What a new client needs.
+/// The fields of a new client registration.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct NewClient {
     /// `client_id`.
@@ -523,7 +523,7 @@ pub struct NewClient {
     /// Public keys for `private_key_jwt` (SMART Backend Services).
     #[serde(default)]
     pub jwks: Option<JwkSet>,
-    /// The most the client may be granted.
+    /// The maximum scope the client may be granted.
     #[serde(default)]
     pub scope: Option<String>,
 }

@@ -1,8 +1,10 @@
-//! The OAuth 2.0 authorization server for SMART App Launch 2.x: discovery
-//! documents, the authorization code flow with PKCE, password and TOTP
-//! sign-in, consent, the token endpoint (authorization code, refresh token
-//! and SMART Backend Services client credentials), introspection,
-//! revocation and client registration by administrators.
+//! The OAuth 2.0 authorization server for SMART App Launch 2.x.
+//!
+//! It serves the discovery documents and the authorization code flow with
+//! PKCE, password and TOTP sign-in and consent. The token endpoint takes
+//! authorization codes, refresh tokens and SMART Backend Services client
+//! credentials. Introspection, revocation and client registration by
+//! administrators complete it.
 //!
 //! The pure rules (PKCE, redirect matching, codes, refresh families,
 //! client assertions, throttling, passwords, TOTP) come from `ward-auth`;

@@ -335,46 +335,16 @@ fn exchange_code(
     let grant = stored.code.grant.clone();
     let user = active_user(server, &grant.user_id)?;
     let scopes = Scopes::parse(&grant.scope);
-    let mut family = None;
-    let mut refresh_token = None;
-    let lifetime = if scopes.contains(&Scope::OfflineAccess) {
-        Some(server.settings.offline_lifetime)
-    } else if scopes.contains(&Scope::OnlineAccess) {
-        // NOTE: an online_access family lasts the maximum session length; it
-        // is not ended early when the web session ends.
-        Some(server.settings.session_max)
-    } else {
-        None
-    };
-    if let Some(lifetime) = lifetime {
-        let (token, started) = RefreshFamily::start(
-            &client.client.client_id,
-            &user.id,
-            &grant.scope,
-            grant.launch.clone(),
-            now,
-            lifetime,
-        )
-        .map_err(|e| OAuthError::server(&e))?;
-        let family_key = format!("{}.{}", user.id, uuid::Uuid::new_v4());
-        family = Some((
-            family_key,
-            FamilyRecord {
-                family: started,
-                access_tokens: Vec::new(),
-            },
-        ));
-        refresh_token = Some(token);
-    }
+    let family = start_family(server, client, &user, &grant, &scopes, now)?;
+
     let (mut body, claims) = user_tokens(server, client, &user, &grant.scope, &grant.launch)?;
-    if let Some((family_key, mut record)) = family {
+    if let Some((family_key, mut record, token)) = family {
         record.track(&claims.jti, claims.exp);
         identity::save_family(store, &family_key, &record)?;
         stored.family = Some(family_key);
-    }
-    if let Some(token) = refresh_token {
         body["refresh_token"] = Value::String(token.to_string());
     }
+
     if scopes.contains(&Scope::OpenId) {
         body["id_token"] = Value::String(id_token(
             server,
@@ -387,6 +357,42 @@ fn exchange_code(
     stored.access_token = Some((claims.jti.clone(), claims.exp));
     identity::write(store, NS_CODE, &key, &stored, keep_until)?;
     Ok(body)
+}
+
+/// Starts a refresh token family when `offline_access` or `online_access`
+/// was granted. Returns its key, its record and the first refresh token.
+fn start_family(
+    server: &OAuthServer,
+    client: &ClientRecord,
+    user: &UserRecord,
+    grant: &ward_auth::oauth::CodeGrant,
+    scopes: &Scopes,
+    now: OffsetDateTime,
+) -> OAuthResult<Option<(String, FamilyRecord, zeroize::Zeroizing<String>)>> {
+    let lifetime = if scopes.contains(&Scope::OfflineAccess) {
+        server.settings.offline_lifetime
+    } else if scopes.contains(&Scope::OnlineAccess) {
+        // NOTE: an online_access family lasts the maximum session length; it
+        // is not ended early when the web session ends.
+        server.settings.session_max
+    } else {
+        return Ok(None);
+    };
+    let (token, family) = RefreshFamily::start(
+        &client.client.client_id,
+        &user.id,
+        &grant.scope,
+        grant.launch.clone(),
+        now,
+        lifetime,
+    )
+    .map_err(|e| OAuthError::server(&e))?;
+    let key = format!("{}.{}", user.id, uuid::Uuid::new_v4());
+    let record = FamilyRecord {
+        family,
+        access_tokens: Vec::new(),
+    };
+    Ok(Some((key, record, token)))
 }
 
 fn active_user(server: &OAuthServer, user_id: &str) -> OAuthResult<UserRecord> {
@@ -607,7 +613,7 @@ pub(super) fn admin_principal(server: &OAuthServer, headers: &HeaderMap) -> Opti
     (admin_scope && admin_subject && live).then_some(principal)
 }
 
-/// Who called introspection or revocation.
+/// The authenticated caller of introspection or revocation.
 enum Caller {
     Admin,
     Client(ClientRecord),

@@ -11,6 +11,7 @@
 //! `write` module), paging result sets live in `search_snapshots`, and the
 //! first replica to start creates the data key that the others then read.
 
+mod audit;
 mod conn;
 mod kv;
 mod read;
@@ -271,6 +272,18 @@ impl Store for PostgresStore {
 
     fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
         self.with_conn(|conn| kv::get(conn, &self.codec, ns, key))
+    }
+
+    fn audit_rows(&self, from: u64, limit: usize) -> Result<Vec<ward_audit::StoredAudit>> {
+        self.with_conn(|conn| audit::rows(conn, from, limit))
+    }
+
+    fn audit_seqs_for_patient(&self, patient: &str, since: i64, until: i64) -> Result<Vec<u64>> {
+        self.with_conn(|conn| audit::seqs_for_patient(conn, patient, since, until))
+    }
+
+    fn audit_head(&self) -> Result<crate::types::AuditHead> {
+        self.with_conn(audit::head)
     }
 
     fn kv_put(&self, ns: &str, key: &str, value: &[u8], expires: Option<i64>) -> Result<()> {

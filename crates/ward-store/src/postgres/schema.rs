@@ -9,7 +9,8 @@ use crate::postgres::conn::Conn;
 use crate::{Result, StoreError};
 
 /// Each migration, in order; migration `n` moves the schema to version `n + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE data_keys (
     id BIGINT PRIMARY KEY,
     wrapped BYTEA NOT NULL,
@@ -120,7 +121,32 @@ CREATE TABLE search_snapshots (
     expires BIGINT NOT NULL
 );
 CREATE INDEX search_snapshots_expires ON search_snapshots (expires);
-"#];
+"#,
+    r#"
+CREATE TABLE audit_log (
+    seq BIGINT PRIMARY KEY,
+    recorded BIGINT NOT NULL,
+    canonical BYTEA NOT NULL,
+    prev_hash BYTEA NOT NULL,
+    leaf_hash BYTEA NOT NULL,
+    chain_hash BYTEA NOT NULL
+);
+CREATE INDEX audit_log_recorded ON audit_log (recorded);
+
+CREATE TABLE audit_patient (
+    seq BIGINT NOT NULL,
+    patient TEXT COLLATE "C" NOT NULL
+);
+CREATE INDEX audit_patient_lookup ON audit_patient (patient, seq);
+
+CREATE TABLE audit_state (
+    id BIGINT PRIMARY KEY CHECK (id = 1),
+    size BIGINT NOT NULL,
+    head BYTEA NOT NULL,
+    peaks BYTEA NOT NULL
+);
+"#,
+];
 
 /// The schema version this build expects.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -43,6 +43,9 @@ pub(crate) struct PostgresWriteTx<'a> {
     last_tick: i64,
     /// Resource types whose conditional lock this transaction holds.
     locked_types: HashSet<String>,
+    /// The audit chain state with this transaction's records, once it has
+    /// any (the audit lock is held from then on).
+    audit_work: Option<ward_audit::Appender>,
 }
 
 /// The current row of a resource, locked for this transaction.
@@ -81,6 +84,7 @@ impl<'a> PostgresWriteTx<'a> {
             max_scan,
             last_tick: 0,
             locked_types: HashSet::new(),
+            audit_work: None,
         };
         tx.conn()?.batch("BEGIN ISOLATION LEVEL READ COMMITTED")?;
         Ok(tx)
@@ -508,7 +512,20 @@ impl WriteTx for PostgresWriteTx<'_> {
         Ok(Some(marker))
     }
 
+    fn append_audit(&mut self, record: &ward_audit::AuditRecord) -> Result<u64> {
+        let mut work = match self.audit_work.take() {
+            Some(work) => work,
+            None => super::audit::lock_and_load(&self.conn()?)?,
+        };
+        let result = super::audit::append(&self.conn()?, &mut work, record);
+        self.audit_work = Some(work);
+        result
+    }
+
     fn commit(mut self: Box<Self>) -> Result<()> {
+        if let Some(work) = &self.audit_work {
+            super::audit::save(&self.conn()?, work)?;
+        }
         let result = self.conn()?.batch("COMMIT");
         if result.is_ok() {
             // Committed: the connection goes back to the pool as it is.

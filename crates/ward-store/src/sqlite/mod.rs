@@ -2,6 +2,7 @@
 //! journaling with `synchronous=FULL` so an acknowledged write survives a
 //! crash.
 
+mod audit;
 mod kv;
 mod read;
 mod schema;
@@ -59,6 +60,7 @@ pub struct SqliteStore {
     snapshots: Snapshots,
     clock: Mutex<i64>,
     max_scan: usize,
+    audit: Mutex<ward_audit::Appender>,
 }
 
 fn open_connection(path: &Path) -> Result<Connection> {
@@ -87,6 +89,7 @@ impl SqliteStore {
         for _ in 0..options.readers.max(1) {
             readers.push(Mutex::new(open_connection(&options.path)?));
         }
+        let audit = audit::load(&writer)?;
         let last: i64 = writer.query_row(
             "SELECT COALESCE(MAX(last_updated), 0) FROM versions",
             [],
@@ -100,6 +103,7 @@ impl SqliteStore {
             snapshots: Snapshots::default(),
             clock: Mutex::new(last),
             max_scan: options.max_scan,
+            audit: Mutex::new(audit),
         })
     }
 
@@ -276,6 +280,18 @@ impl Store for SqliteStore {
         })
     }
 
+    fn audit_rows(&self, from: u64, limit: usize) -> Result<Vec<ward_audit::StoredAudit>> {
+        self.with_reader(|conn| audit::rows(conn, from, limit))
+    }
+
+    fn audit_seqs_for_patient(&self, patient: &str, since: i64, until: i64) -> Result<Vec<u64>> {
+        self.with_reader(|conn| audit::seqs_for_patient(conn, patient, since, until))
+    }
+
+    fn audit_head(&self) -> Result<crate::types::AuditHead> {
+        Ok(audit::head(&self.audit.lock()))
+    }
+
     fn begin(&self) -> Result<Box<dyn WriteTx + '_>> {
         let conn = self.writer.lock();
         Ok(Box::new(write::SqliteWriteTx::begin(
@@ -283,6 +299,7 @@ impl Store for SqliteStore {
             &self.codec,
             &self.clock,
             self.max_scan,
+            &self.audit,
         )?))
     }
 }

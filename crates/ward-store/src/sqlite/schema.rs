@@ -110,6 +110,30 @@ CREATE TABLE kv (
 );
 CREATE INDEX kv_expires ON kv (expires);
 "#,
+    r#"
+CREATE TABLE audit_log (
+    seq INTEGER PRIMARY KEY,
+    recorded INTEGER NOT NULL,
+    canonical BLOB NOT NULL,
+    prev_hash BLOB NOT NULL,
+    leaf_hash BLOB NOT NULL,
+    chain_hash BLOB NOT NULL
+);
+CREATE INDEX audit_log_recorded ON audit_log (recorded);
+
+CREATE TABLE audit_patient (
+    seq INTEGER NOT NULL,
+    patient TEXT NOT NULL
+);
+CREATE INDEX audit_patient_lookup ON audit_patient (patient, seq);
+
+CREATE TABLE audit_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    size INTEGER NOT NULL,
+    head BLOB NOT NULL,
+    peaks BLOB NOT NULL
+);
+"#,
 ];
 
 /// The schema version this build expects.

@@ -20,6 +20,10 @@ pub(crate) struct SqliteWriteTx<'a> {
     clock: &'a Mutex<i64>,
     max_scan: usize,
     open: bool,
+    /// The committed audit state, replaced by `audit_work` on commit.
+    audit: &'a Mutex<ward_audit::Appender>,
+    /// The audit state with this transaction's records, once it has any.
+    audit_work: Option<ward_audit::Appender>,
 }
 
 /// The current row of a resource.
@@ -36,6 +40,7 @@ impl<'a> SqliteWriteTx<'a> {
         codec: &'a ResourceCodec,
         clock: &'a Mutex<i64>,
         max_scan: usize,
+        audit: &'a Mutex<ward_audit::Appender>,
     ) -> Result<Self> {
         conn.execute_batch("BEGIN IMMEDIATE")?;
         Ok(Self {
@@ -44,6 +49,8 @@ impl<'a> SqliteWriteTx<'a> {
             clock,
             max_scan,
             open: true,
+            audit,
+            audit_work: None,
         })
     }
 
@@ -348,9 +355,25 @@ impl WriteTx for SqliteWriteTx<'_> {
         Ok(Some(marker))
     }
 
+    fn append_audit(&mut self, record: &ward_audit::AuditRecord) -> Result<u64> {
+        let mut work = match self.audit_work.take() {
+            Some(work) => work,
+            None => self.audit.lock().clone(),
+        };
+        let result = super::audit::append(&self.conn, &mut work, record);
+        self.audit_work = Some(work);
+        result
+    }
+
     fn commit(mut self: Box<Self>) -> Result<()> {
+        if let Some(work) = &self.audit_work {
+            super::audit::save(&self.conn, work)?;
+        }
         self.conn.execute_batch("COMMIT")?;
         self.open = false;
+        if let Some(work) = self.audit_work.take() {
+            *self.audit.lock() = work;
+        }
         Ok(())
     }
 }

@@ -154,6 +154,7 @@ impl Direct {
             base: settings.fhir_base(),
             limits: Limits::default(),
             access: crate::serve::load_access(&settings)?,
+            auditor: Arc::new(ward_server::audit::Auditor::new("ward-import")),
         };
         let principal = Principal::system("ward-import", "system/*.cruds");
         Ok(Self { engine, principal })
