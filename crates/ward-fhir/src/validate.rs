@@ -34,6 +34,12 @@ pub const MAX_DEPTH: usize = 64;
 /// attachments are bounded only by the request body limit.
 pub const MAX_STRING_BYTES: usize = 1024 * 1024;
 
+/// Maximum number of items in one JSON array of a resource, such as
+/// `Patient.name`. A longer array is rejected with one `too-costly` issue at
+/// the element's path instead of being walked, which bounds validation and
+/// search indexing time.
+pub const MAX_ARRAY_ITEMS: usize = 10_000;
+
 /// Maximum number of issues reported for one resource. Validation stops
 /// once it is reached and notes that more issues may exist.
 pub const MAX_ISSUES: usize = 100;
@@ -423,6 +429,16 @@ impl Validator {
         let count = values
             .map_or(0, Vec::len)
             .max(extensions.map_or(0, Vec::len));
+        if count > MAX_ARRAY_ITEMS {
+            self.report(
+                IssueType::TooCostly,
+                format!(
+                    "{} has {count} entries, more than the limit of {MAX_ARRAY_ITEMS} per array",
+                    element.name
+                ),
+            );
+            return;
+        }
         if let Some(max) = element.max
             && count > max as usize
         {

@@ -319,6 +319,15 @@ impl Caller<'_> {
             .unwrap_or_default();
         let entries: Vec<IndexEntry> = index_resource(resource);
         let patients = ward_fhir::compartment::patients_of(resource, &entries);
+        if patients.is_empty()
+            && ward_fhir::compartment::patient_params(resource_type).is_some()
+            && self.needs_patient()
+        {
+            // A patient-compartment type that names no patient is outside
+            // every patient's record, so callers limited to patients may
+            // not touch it.
+            return Err(DenyReason::OutsidePatientContext);
+        }
         let decisions: Vec<Decision> = if patients.is_empty() {
             vec![self.decide(interaction, resource_type, Compartment::None)]
         } else {
@@ -343,6 +352,21 @@ impl Caller<'_> {
             }
         }
         Ok(())
+    }
+
+    /// True when the caller's access is tied to patients: a patient in
+    /// context, or a role whose relationship is the care team or the
+    /// user's own record.
+    fn needs_patient(&self) -> bool {
+        if self.subject.patient_context.is_some() {
+            return true;
+        }
+        self.subject.role.is_some_and(|role| {
+            self.policy
+                .roles
+                .get(&role)
+                .is_some_and(|r| !matches!(r.relationship, ward_auth::policy::Relationship::None))
+        })
     }
 
     /// Like [`Self::check_resource`], mapped to the response a client sees:
@@ -390,12 +414,18 @@ impl Caller<'_> {
             .is_some_and(|r| self.check_resource(Interaction::Read, r).is_ok())
     }
 
-    /// True when results need per-resource filtering: a user, a patient in
-    /// context, or a scope with search restrictions.
+    /// True when results need per-resource filtering: always, unless the
+    /// caller is a backend service that may read every resource type
+    /// without restriction (then the type check before the search covers
+    /// everything it can be shown, `_include` and `_revinclude` included).
     pub fn filters_results(&self) -> bool {
-        self.subject.role.is_some()
-            || self.subject.patient_context.is_some()
-            || self.subject.scopes.raw.iter().any(|s| s.contains('?'))
+        let unrestricted_service = self.subject.role.is_none()
+            && self.subject.patient_context.is_none()
+            && !self.subject.scopes.raw.iter().any(|s| s.contains('?'))
+            && self
+                .decide(Interaction::Read, "*", Compartment::None)
+                .is_allowed();
+        !unrestricted_service
     }
 
     /// Identifies the caller for paging; see

@@ -153,6 +153,37 @@ fn push_list(frag: &mut Fragment, values: impl Iterator<Item = SqlValue>) {
     }
 }
 
+/// Appends the disjunction of `parts` as a balanced tree of `OR`s. A flat
+/// `a OR b OR c` chain nests one level per term, and SQLite rejects
+/// expressions nested more than 1,000 deep, so long value lists are split in
+/// halves and the depth grows with the logarithm of the count. No parts
+/// appends a condition that is never true.
+fn push_any(frag: &mut Fragment, mut parts: Vec<Fragment>) {
+    if parts.len() > 1 {
+        let right = parts.split_off(parts.len() / 2);
+        frag.push("(");
+        push_any(frag, parts);
+        frag.push(" OR ");
+        push_any(frag, right);
+        frag.push(")");
+        return;
+    }
+    match parts.pop() {
+        Some(part) => {
+            frag.push(&part.sql);
+            frag.params.extend(part.params);
+        }
+        None => frag.push("1 = 0"),
+    }
+}
+
+/// A fragment holding one range condition with its bound values.
+fn range_part(condition: &str, low: SqlValue, high: SqlValue) -> Fragment {
+    let mut part = Fragment::default();
+    push_range_condition(&mut part, condition, low, high);
+    part
+}
+
 /// The SQL sort expression of a key, when SQL can sort by it.
 fn sort_expression(key: &SortKey) -> Option<(String, Vec<SqlValue>)> {
     let param = SqlValue::Text(key.param.clone());
@@ -273,7 +304,7 @@ fn string_sql(codec: &ResourceCodec, criterion: &Criterion, frag: &mut Fragment)
             return false;
         };
         match criterion.modifier {
-            Some(Modifier::Exact) => parts.push((2, index::string_exact(codec, param, raw))),
+            Some(Modifier::Exact) => parts.push(index::string_exact(codec, param, raw)),
             None => {
                 let len = normalized.chars().count();
                 if len < MIN_PREFIX {
@@ -284,23 +315,24 @@ fn string_sql(codec: &ResourceCodec, criterion: &Criterion, frag: &mut Fragment)
                     exact = false;
                 }
                 let prefix = index::char_prefix(normalized, MAX_PREFIX);
-                parts.push((1, index::string_prefix(codec, param, prefix)));
+                parts.push(index::string_prefix(codec, param, prefix));
             }
             _ => return false,
         }
     }
+    // Every value of a criterion has the same kind, because the modifier
+    // applies to all of them.
+    let kind = if criterion.modifier == Some(Modifier::Exact) {
+        2
+    } else {
+        1
+    };
     open_subquery(frag, "idx_string", param, false);
-    for (i, (kind, hash)) in parts.into_iter().enumerate() {
-        if i > 0 {
-            frag.push(" OR ");
-        }
-        frag.push("(kind = ");
-        frag.bind(SqlValue::Int(kind));
-        frag.push(" AND hash = ");
-        frag.bind(SqlValue::Blob(hash));
-        frag.push(")");
-    }
-    frag.push("))");
+    frag.push("kind = ");
+    frag.bind(SqlValue::Int(kind));
+    frag.push(" AND hash IN (");
+    push_list(frag, parts.into_iter().map(SqlValue::Blob));
+    frag.push(")))");
     exact
 }
 
@@ -327,32 +359,59 @@ fn token_sql(codec: &ResourceCodec, criterion: &Criterion, frag: &mut Fragment) 
         frag.push(")");
         return true;
     }
-    open_subquery(frag, "idx_token", param, negate);
-    for (i, value) in criterion.values.iter().enumerate() {
+    let mut tokens = Vec::new();
+    for value in &criterion.values {
         let SearchValue::Token { system, code } = value else {
-            frag.push("1 = 0))");
             return false;
         };
-        if i > 0 {
-            frag.push(" OR ");
-        }
-        frag.push("(1 = 1");
-        match system.as_deref() {
-            None => {}
-            Some("") => frag.push(" AND system IS NULL"),
-            Some(system) => {
-                frag.push(" AND system = ");
-                frag.bind(SqlValue::Blob(index::token_system(codec, param, system)));
-            }
-        }
-        if let Some(code) = code {
-            frag.push(" AND code = ");
-            frag.bind(SqlValue::Blob(index::token_code(codec, param, code)));
-        }
-        frag.push(")");
+        tokens.push((system.as_deref(), code.as_deref()));
     }
+    open_subquery(frag, "idx_token", param, negate);
+    let codes_only: Option<Vec<&str>> = tokens
+        .iter()
+        .map(|(system, code)| if system.is_none() { *code } else { None })
+        .collect();
+    if let Some(codes) = codes_only {
+        let hashes = codes
+            .into_iter()
+            .map(|code| SqlValue::Blob(index::token_code(codec, param, code)));
+        frag.push("code IN (");
+        push_list(frag, hashes);
+        frag.push(")))");
+        return true;
+    }
+    let parts = tokens
+        .into_iter()
+        .map(|(system, code)| token_part(codec, param, system, code))
+        .collect();
+    push_any(frag, parts);
     frag.push("))");
     true
+}
+
+/// The condition of one `[system]|[code]` token value.
+fn token_part(
+    codec: &ResourceCodec,
+    param: &str,
+    system: Option<&str>,
+    code: Option<&str>,
+) -> Fragment {
+    let mut part = Fragment::default();
+    part.push("(1 = 1");
+    match system {
+        None => {}
+        Some("") => part.push(" AND system IS NULL"),
+        Some(system) => {
+            part.push(" AND system = ");
+            part.bind(SqlValue::Blob(index::token_system(codec, param, system)));
+        }
+    }
+    if let Some(code) = code {
+        part.push(" AND code = ");
+        part.bind(SqlValue::Blob(index::token_code(codec, param, code)));
+    }
+    part.push(")");
+    part
 }
 
 /// The SQL condition for a date prefix over a row range `[low, high)` and a
@@ -402,13 +461,14 @@ fn date_sql(criterion: &Criterion, frag: &mut Fragment) -> bool {
     if criterion.modifier.is_some() {
         return false;
     }
+    let parts = conditions
+        .into_iter()
+        .map(|(condition, low, high)| {
+            range_part(&condition, SqlValue::Int(low), SqlValue::Int(high))
+        })
+        .collect();
     open_subquery(frag, "idx_date", &criterion.param, false);
-    for (i, (condition, low, high)) in conditions.into_iter().enumerate() {
-        if i > 0 {
-            frag.push(" OR ");
-        }
-        push_range_condition(frag, &condition, SqlValue::Int(low), SqlValue::Int(high));
-    }
+    push_any(frag, parts);
     frag.push("))");
     true
 }
@@ -429,13 +489,14 @@ fn last_updated_sql(criterion: &Criterion, frag: &mut Fragment) -> bool {
         };
         conditions.push((condition, *low, *high));
     }
+    let parts = conditions
+        .into_iter()
+        .map(|(condition, low, high)| {
+            range_part(&condition, SqlValue::Int(low), SqlValue::Int(high))
+        })
+        .collect();
     frag.push(" AND (");
-    for (i, (condition, low, high)) in conditions.into_iter().enumerate() {
-        if i > 0 {
-            frag.push(" OR ");
-        }
-        push_range_condition(frag, &condition, SqlValue::Int(low), SqlValue::Int(high));
-    }
+    push_any(frag, parts);
     frag.push(")");
     true
 }
@@ -467,13 +528,14 @@ fn number_sql(criterion: &Criterion, frag: &mut Fragment) {
     if criterion.modifier.is_some() || conditions.is_empty() {
         return;
     }
+    let parts = conditions
+        .into_iter()
+        .map(|(condition, low, high)| {
+            range_part(condition, SqlValue::Real(low), SqlValue::Real(high))
+        })
+        .collect();
     open_subquery(frag, "idx_number", &criterion.param, false);
-    for (i, (condition, low, high)) in conditions.into_iter().enumerate() {
-        if i > 0 {
-            frag.push(" OR ");
-        }
-        push_range_condition(frag, condition, SqlValue::Real(low), SqlValue::Real(high));
-    }
+    push_any(frag, parts);
     frag.push("))");
 }
 
@@ -516,13 +578,7 @@ fn reference_sql(codec: &ResourceCodec, criterion: &Criterion, frag: &mut Fragme
         parts.push(part);
     }
     open_subquery(frag, "idx_reference", param, false);
-    for (i, part) in parts.into_iter().enumerate() {
-        if i > 0 {
-            frag.push(" OR ");
-        }
-        frag.push(&part.sql);
-        frag.params.extend(part.params);
-    }
+    push_any(frag, parts);
     frag.push("))");
     true
 }
@@ -561,6 +617,42 @@ mod tests {
         );
         assert_eq!(frag.sql, "(low >= ? AND high <= ?)");
         assert_eq!(frag.params, vec![SqlValue::Int(1), SqlValue::Int(2)]);
+    }
+
+    #[test]
+    fn or_list_nests_logarithmically() {
+        let parts = (0..1_000)
+            .map(|i| {
+                let mut part = Fragment::default();
+                part.push("v = ");
+                part.bind(SqlValue::Int(i));
+                part
+            })
+            .collect();
+        let mut frag = Fragment::default();
+        push_any(&mut frag, parts);
+
+        let mut depth = 0_usize;
+        let mut max_depth = 0;
+        for c in frag.sql.chars() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            max_depth = max_depth.max(depth);
+        }
+        assert!(max_depth <= 10, "nested {max_depth} deep");
+        assert_eq!(frag.sql.matches(" OR ").count(), 999);
+        let expected: Vec<SqlValue> = (0..1_000).map(SqlValue::Int).collect();
+        assert_eq!(frag.params, expected);
+    }
+
+    #[test]
+    fn empty_or_list_matches_nothing() {
+        let mut frag = Fragment::default();
+        push_any(&mut frag, Vec::new());
+        assert_eq!(frag.sql, "1 = 0");
     }
 
     #[test]

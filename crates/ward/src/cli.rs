@@ -181,7 +181,7 @@ pub struct TokenArgs {
     /// The SMART scopes to grant, space-separated, such as 'system/*.cruds'.
     #[arg(long)]
     pub scope: String,
-    /// How long the token is valid: a number with s, m, h or d [default: 1h].
+    /// How long the token is valid: a number with s, m, h or d.
     #[arg(long, default_value = "1h")]
     pub ttl: String,
     /// The subject the token names.

@@ -48,9 +48,6 @@ pub struct Settings {
     pub listen: String,
     /// Where the store lives: SQLite (the default) or PostgreSQL.
     pub store: Database,
-    /// The SQLite database file: `ward.db` in the data directory unless a
-    /// SQLite path was given. Unused when `store` is PostgreSQL.
-    pub database: PathBuf,
     /// External TLS certificate and key.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// The server origin, such as `https://127.0.0.1:8443`.
@@ -101,10 +98,6 @@ pub fn resolve(args: &ServeArgs) -> Result<Settings> {
         args.database.clone().or(file.database).as_deref(),
         &data.join("ward.db"),
     );
-    let database = match &store {
-        Database::Sqlite(path) => path.clone(),
-        Database::Postgres(_) => data.join("ward.db"),
-    };
     let tls = match (
         args.tls_cert.clone().or(file.tls_cert),
         args.tls_key.clone().or(file.tls_key),
@@ -141,7 +134,6 @@ pub fn resolve(args: &ServeArgs) -> Result<Settings> {
         data,
         listen,
         store,
-        database,
         tls,
         origin,
         max_body_bytes: args

@@ -34,7 +34,11 @@ pub fn run(args: ServeCommand) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(settings, args.audit))
+    let result = runtime.block_on(serve(settings, args.audit));
+    // Work still running on blocking threads after the grace period (a
+    // write that outlived it) must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }
 
 /// Builds the HTTPS client of the alert webhook, trusting only `ca`.
@@ -312,9 +316,42 @@ fn parse_ttl(text: &str) -> Result<i64> {
     Ok(secs)
 }
 
+/// The scopes that are not about resources and that a token may carry.
+const OTHER_SCOPES: &[&str] = &[
+    "openid",
+    "fhirUser",
+    "profile",
+    "launch",
+    "launch/patient",
+    "launch/encounter",
+    "offline_access",
+    "online_access",
+    "admin",
+    "metrics",
+];
+
+/// Rejects an empty scope list and scopes that grant nothing.
+fn check_scopes(scope: &str) -> Result<()> {
+    if scope.split_whitespace().next().is_none() {
+        bail!("--scope is empty; give at least one scope such as 'system/*.cruds'");
+    }
+    for item in scope.split_whitespace() {
+        let known = ward_server::scopes::ResourceScope::parse(item).is_some()
+            || OTHER_SCOPES.contains(&item);
+        if !known {
+            bail!(
+                "--scope '{item}' is not a SMART scope; use forms such as 'system/*.cruds', 'user/Patient.rs', 'patient/Observation.read', or one of: {}",
+                OTHER_SCOPES.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `ward token`.
 pub fn print_token(args: TokenArgs) -> Result<()> {
     let ttl = parse_ttl(&args.ttl)?;
+    check_scopes(&args.scope)?;
     let serve_args = ServeArgs {
         data: args.data.clone(),
         listen: std::env::var("WARD_LISTEN").ok(),
@@ -372,6 +409,15 @@ mod tests {
         assert_eq!(parse_ttl("30m").unwrap(), 1800);
         assert_eq!(parse_ttl("1h").unwrap(), 3600);
         assert_eq!(parse_ttl("1d").unwrap(), 86_400);
+    }
+
+    #[test]
+    fn scopes_are_checked() {
+        assert!(check_scopes("system/*.cruds openid").is_ok());
+        assert!(check_scopes("user/Observation.rs?category=laboratory").is_ok());
+        for bad in ["", "  ", "bogus", "system/*.x", "system/Nope.rs"] {
+            assert!(check_scopes(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

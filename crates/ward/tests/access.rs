@@ -517,3 +517,82 @@ async fn consent_denial_and_break_the_glass() {
     let (status, _, _) = server.post_json(&path, &system, &with_reason).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn includes_and_chains_respect_scopes() {
+    let w = world().await;
+    let server = &w.admin.server;
+    let observations_only = server.token("system/Observation.rs");
+    let patients_only = server.token("system/Patient.rs");
+
+    let (status, _, bundle) = server
+        .get(
+            "/Observation?_include=Observation:subject",
+            &observations_only,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{bundle}");
+    let types: Vec<String> = entries(&bundle)
+        .iter()
+        .filter_map(|e| e["resource"]["resourceType"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        types.iter().all(|t| t == "Observation"),
+        "included outside scope: {types:?}"
+    );
+    assert!(!types.is_empty());
+
+    let (status, _, bundle) = server.get("/Patient?_revinclude=*", &patients_only).await;
+    assert_eq!(status, StatusCode::OK, "{bundle}");
+    let types: Vec<String> = entries(&bundle)
+        .iter()
+        .filter_map(|e| e["resource"]["resourceType"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        types.iter().all(|t| t == "Patient"),
+        "revincluded outside scope: {types:?}"
+    );
+
+    let (status, _, body) = server
+        .get("/Observation?patient.name=Alpha", &observations_only)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a chain must not search Patient: {body}"
+    );
+}
+
+#[tokio::test]
+async fn patient_scope_hides_patientless_resources() {
+    let w = world().await;
+    let server = &w.admin.server;
+    let orphan = w
+        .admin
+        .create(json!({
+            "resourceType": "Observation",
+            "status": "final",
+            "code": { "text": "no subject" },
+        }))
+        .await;
+    let patient = server.token_with("patient/*.cruds", &["--patient", &w.p1]);
+    let (status, _, body) = server
+        .get(&format!("/Observation/{orphan}"), &patient)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _, body) = server
+        .delete(&format!("/Observation/{orphan}"), &patient)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _, bundle) = server.get("/Observation", &patient).await;
+    assert_eq!(status, StatusCode::OK, "{bundle}");
+    let ids: Vec<String> = entries(&bundle)
+        .iter()
+        .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        !ids.contains(&orphan),
+        "patient-less resource listed: {ids:?}"
+    );
+    assert!(ids.contains(&w.obs1));
+}

@@ -1077,3 +1077,63 @@ async fn observations_of_patient_newest_first() {
     reversed.reverse();
     assert_eq!(ascending, reversed);
 }
+
+/// Asserts a 400 `too-costly` OperationOutcome whose text contains `limit`.
+async fn assert_too_costly(admin: &Admin, query: &str, limit: &str) {
+    let (status, _, body) = admin.get(query).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "GET {query}: {body}");
+    assert_eq!(body["issue"][0]["code"], "too-costly", "{body}");
+    let text = body["issue"][0]["diagnostics"].as_str().unwrap_or_default();
+    assert!(text.contains(limit), "names the limit {limit}: {text}");
+}
+
+#[tokio::test]
+async fn long_or_lists_and_limits() {
+    let admin = Admin::start();
+    let p = create_patients(&admin).await;
+    let weight = admin
+        .create(observation(&p.zoe, "29463-7", 60.0, "kg", "2022-01-01"))
+        .await;
+
+    // 500 system|code values: each is its own condition, ORed.
+    let codes: Vec<String> = (0..499)
+        .map(|i| format!("{LOINC}|{i}-0"))
+        .chain([format!("{LOINC}|29463-7")])
+        .collect();
+    let query = format!("Observation?code={}", codes.join(","));
+    assert_eq!(admin.match_set(&query).await, sorted(&[&weight]));
+
+    // 600 codes without a system, names and dates.
+    let bare: Vec<String> = (0..599)
+        .map(|i| format!("{i}-0"))
+        .chain(["29463-7".to_owned()])
+        .collect();
+    let query = format!("Observation?code={}", bare.join(","));
+    assert_eq!(admin.match_set(&query).await, sorted(&[&weight]));
+
+    let names: Vec<String> = (0..599)
+        .map(|i| format!("nobody{i}"))
+        .chain(["zimmer".to_owned()])
+        .collect();
+    let query = format!("Patient?name={}", names.join(","));
+    assert_eq!(admin.match_set(&query).await, sorted(&[&p.adam]));
+
+    let dates: Vec<String> = (0..599)
+        .map(|i| format!("{}-01-01", 1000 + i))
+        .chain(["1960-06-01".to_owned()])
+        .collect();
+    let query = format!("Patient?birthdate={}", dates.join(","));
+    assert_eq!(admin.match_set(&query).await, sorted(&[&p.carl]));
+
+    // 100 repeated parameters are ANDed; one more is rejected.
+    let repeated = vec!["birthdate=le2000"; 100].join("&");
+    let query = format!("Patient?{repeated}");
+    assert_eq!(admin.match_set(&query).await.len(), 3);
+    assert_too_costly(&admin, &format!("{query}&name=zimmer"), "100").await;
+    let names = vec!["name=zimmer"; 1_000].join("&");
+    assert_too_costly(&admin, &format!("Patient?{names}"), "100").await;
+
+    let many: Vec<String> = (0..1_001).map(|i| format!("n{i}")).collect();
+    let query = format!("Patient?name={}", many.join(","));
+    assert_too_costly(&admin, &query, "1000").await;
+}

@@ -17,6 +17,20 @@ use super::{
 /// Values and names longer than this are cut in error messages.
 const MAX_SHOWN: usize = 100;
 
+/// The maximum number of search criteria (parameters other than `_count`,
+/// `_sort`, `_include` and the other result parameters) in one search.
+/// Each criterion becomes a nested condition of the SQL query, so more are
+/// rejected with `too-costly` instead of running.
+pub const MAX_CRITERIA: usize = 100;
+
+/// The maximum number of comma-separated values in one search parameter.
+pub const MAX_VALUES_PER_CRITERION: usize = 1_000;
+
+/// The maximum number of values across all criteria of one search. Each
+/// value binds up to three SQL parameters, and SQLite accepts at most 32,766
+/// per statement.
+pub const MAX_QUERY_VALUES: usize = 2_000;
+
 /// Parses a search request.
 ///
 /// `resource_type` is the type searched (`None` for a system-level search,
@@ -27,8 +41,10 @@ const MAX_SHOWN: usize = 100;
 ///
 /// Returns an OperationOutcome (to send with status 400) when a value is
 /// invalid (a bad date, number, `_count`, `_summary`, `_total`, include or
-/// composite), when a chain is ambiguous, and, under [`Handling::Strict`],
-/// when a parameter or modifier is unknown or unsupported. Under
+/// composite), when a chain is ambiguous, when the search exceeds
+/// [`MAX_CRITERIA`], [`MAX_VALUES_PER_CRITERION`] or [`MAX_QUERY_VALUES`]
+/// (`too-costly`), and, under [`Handling::Strict`], when a parameter or
+/// modifier is unknown or unsupported. Under
 /// [`Handling::Lenient`] those are listed in [`SearchQuery::ignored`].
 pub fn parse_search(
     resource_type: Option<&str>,
@@ -63,6 +79,19 @@ pub fn parse_search(
 struct QueryParser {
     handling: Handling,
     query: SearchQuery,
+}
+
+fn too_costly(diagnostics: String) -> OperationOutcome {
+    OperationOutcome::error(IssueType::TooCostly, diagnostics)
+}
+
+/// The number of values of a criterion, including those of a chained one.
+fn criterion_value_count(criterion: &Criterion) -> usize {
+    let chained = criterion
+        .chain
+        .as_ref()
+        .map_or(0, |chain| criterion_value_count(&chain.criterion));
+    criterion.values.len() + chained
 }
 
 fn invalid(diagnostics: String) -> OperationOutcome {
@@ -365,7 +394,33 @@ impl QueryParser {
             None => Some(parse_values(name, def, modifier, value)?),
         };
         if let Some(criterion) = criterion {
+            self.check_limits(&criterion)?;
             self.query.criteria.push(criterion);
+        }
+        Ok(())
+    }
+
+    /// Checks that adding `criterion` keeps the search within
+    /// [`MAX_CRITERIA`] and [`MAX_QUERY_VALUES`].
+    fn check_limits(&self, criterion: &Criterion) -> Result<(), OperationOutcome> {
+        if self.query.criteria.len() >= MAX_CRITERIA {
+            return Err(too_costly(format!(
+                "the search has more than {MAX_CRITERIA} parameters, the limit; \
+                 combine values into one parameter with commas or split the search"
+            )));
+        }
+        let values = self
+            .query
+            .criteria
+            .iter()
+            .chain([criterion])
+            .map(criterion_value_count)
+            .sum::<usize>();
+        if values > MAX_QUERY_VALUES {
+            return Err(too_costly(format!(
+                "the search has more than {MAX_QUERY_VALUES} values across its parameters, \
+                 the limit; split the search"
+            )));
         }
         Ok(())
     }
@@ -554,8 +609,16 @@ fn parse_values(
             _ => return Err(invalid_value(name, value, "true or false")),
         }
     } else {
+        let raw_values = split_unescaped(value, ',');
+        if raw_values.len() > MAX_VALUES_PER_CRITERION {
+            return Err(too_costly(format!(
+                "search parameter '{}' has more than {MAX_VALUES_PER_CRITERION} \
+                 comma-separated values, the limit; split the search",
+                shown(name)
+            )));
+        }
         let mut values = Vec::new();
-        for raw in split_unescaped(value, ',') {
+        for raw in raw_values {
             if raw.is_empty() {
                 continue;
             }

@@ -30,6 +30,9 @@ pub fn normalize_string(text: &str) -> String {
 /// no timezone is taken as UTC, and so are dates without a time (FHIR leaves
 /// their zone unspecified). Returns `None` for anything else.
 pub fn parse_date_range(text: &str) -> Option<(i64, i64)> {
+    // A `+` offset sent unencoded in a URL query arrives as a space.
+    let text = text.replace(' ', "+");
+    let text = text.as_str();
     let (date, time) = match text.split_once('T') {
         Some((date, time)) => (date, Some(time)),
         None => (text, None),

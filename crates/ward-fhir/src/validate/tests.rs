@@ -720,3 +720,28 @@ fn validation_speed() {
     let per = start.elapsed() / rounds;
     println!("validate_resource(Observation): {per:?} per call");
 }
+
+#[test]
+fn array_over_item_limit_rejected() {
+    let names: Vec<Value> = (0..=MAX_ARRAY_ITEMS)
+        .map(|i| json!({"family": format!("F{i}")}))
+        .collect();
+    let resource = json!({"resourceType": "Patient", "name": names});
+    assert_issue(&resource, IssueType::TooCostly, "Patient.name");
+
+    let found = issues(&resource);
+    assert_eq!(found.len(), 1, "one issue for the whole array: {found:#?}");
+    let message = found
+        .first()
+        .map(|issue| issue.diagnostics.clone())
+        .unwrap_or_default();
+    assert!(message.contains("10000"), "names the limit: {message}");
+}
+
+#[test]
+fn array_at_item_limit_accepted() {
+    let identifiers: Vec<Value> = (0..MAX_ARRAY_ITEMS)
+        .map(|i| json!({"system": "urn:example", "value": format!("v{i}")}))
+        .collect();
+    assert_valid(&json!({"resourceType": "Patient", "identifier": identifiers}));
+}

@@ -40,7 +40,7 @@ impl Default for AlertSettings {
     }
 }
 
-/// Where alerts are sent besides the log.
+/// The webhook that receives alerts besides the log.
 pub struct Webhook {
     /// The HTTPS URL.
     pub url: String,

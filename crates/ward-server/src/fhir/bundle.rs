@@ -196,6 +196,17 @@ fn rewrite_references(
                 {
                     if let Some(target) = map.get(reference.as_str()) {
                         *reference = target.clone();
+                    } else if reference.starts_with("urn:uuid:")
+                        || reference.starts_with("urn:oid:")
+                    {
+                        return Err(FhirError::invalid_at(
+                            IssueType::NotFound,
+                            format!(
+                                "reference {} matches no entry's fullUrl in this Bundle",
+                                truncate(reference, 60)
+                            ),
+                            "reference",
+                        ));
                     } else if reference.contains('?') && !reference.starts_with('#') {
                         *reference = resolve(reference)?;
                     }
@@ -321,9 +332,31 @@ impl Engine {
         // Pass one: decide the id of every created or updated resource.
         let mut map: HashMap<String, String> = HashMap::new();
         let mut planned = vec![Planned::None; entries.len()];
+        // Conditional creates already planned, by type and criteria, so a
+        // second entry with the same criteria finds the first one's resource.
+        let mut conditional: HashMap<(String, String), String> = HashMap::new();
         for (index, (entry, request)) in entries.iter().zip(&requests).enumerate() {
             let fail = |e: FhirError| at_entry(e, index, &request.resource_type);
-            let plan = self.plan_entry(tx, entry, request).map_err(fail)?;
+            if let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str)
+                && map.contains_key(full_url)
+            {
+                return Err(FhirError::invalid_at(
+                    IssueType::Invalid,
+                    "two entries have the same fullUrl; each fullUrl in a Bundle must be unique",
+                    &format!("Bundle.entry[{index}].fullUrl"),
+                ));
+            }
+            let condition = match (request.method.as_str(), &request.if_none_exist) {
+                ("POST", Some(query)) => Some((request.resource_type.clone(), query.clone())),
+                _ => None,
+            };
+            let plan = match condition.as_ref().and_then(|c| conditional.get(c)) {
+                Some(id) => Planned::Exists(id.clone()),
+                None => self.plan_entry(tx, entry, request).map_err(fail)?,
+            };
+            if let (Some(condition), Planned::Create(id)) = (condition, &plan) {
+                conditional.insert(condition, id.clone());
+            }
             if let Planned::Create(id) | Planned::Exists(id) | Planned::Update(id) = &plan {
                 let target = format!("{}/{id}", request.resource_type);
                 if let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) {
@@ -350,9 +383,10 @@ impl Engine {
         }
         transaction.commit()?;
 
+        let mut budget = self.limits.max_bundle_entries;
         for (index, request) in requests.iter().enumerate() {
             if matches!(request.method.as_str(), "GET" | "HEAD") {
-                let result = self.run_get(caller, request);
+                let result = self.run_get(caller, request, &mut budget);
                 responses[index] = Some(match result {
                     Ok(entry) => entry,
                     Err(err) => error_entry(&err),
@@ -549,8 +583,33 @@ impl Engine {
         entry
     }
 
-    /// Runs a GET entry.
-    fn run_get(&self, caller: &Caller<'_>, request: &EntryRequest) -> FhirResult<Value> {
+    /// Runs a GET entry. `budget` is the number of resources the rest of
+    /// the Bundle's GET entries may still return; an entry that would start
+    /// with none left fails with `too-costly`, so one request cannot build
+    /// an unbounded response.
+    fn run_get(
+        &self,
+        caller: &Caller<'_>,
+        request: &EntryRequest,
+        budget: &mut usize,
+    ) -> FhirResult<Value> {
+        if *budget == 0 {
+            return Err(FhirError::new(
+                StatusCode::BAD_REQUEST,
+                IssueType::TooCostly,
+                format!(
+                    "the GET entries of this Bundle already returned {} resources, the limit for one request",
+                    self.limits.max_bundle_entries
+                ),
+            ));
+        }
+        let entry = self.run_get_unbounded(caller, request)?;
+        let returned = entry["resource"]["entry"].as_array().map_or(1, Vec::len);
+        *budget = budget.saturating_sub(returned);
+        Ok(entry)
+    }
+
+    fn run_get_unbounded(&self, caller: &Caller<'_>, request: &EntryRequest) -> FhirResult<Value> {
         caller.require_type(&request.resource_type, interaction_for(request))?;
         let pairs = match &request.query {
             Some(q) => query_pairs(q)?,
@@ -625,9 +684,10 @@ impl Engine {
     /// Runs every entry of a batch on its own.
     fn batch(&self, caller: &Caller<'_>, entries: &[Value], prefer: ReturnPreference) -> Value {
         let mut responses = Vec::with_capacity(entries.len());
+        let mut budget = self.limits.max_bundle_entries;
         for (index, entry) in entries.iter().enumerate() {
             let response = self
-                .batch_entry(caller, entry, index, prefer)
+                .batch_entry(caller, entry, index, prefer, &mut budget)
                 .unwrap_or_else(|err| error_entry(&err));
             responses.push(response);
         }
@@ -640,6 +700,7 @@ impl Engine {
         entry: &Value,
         index: usize,
         prefer: ReturnPreference,
+        budget: &mut usize,
     ) -> FhirResult<Value> {
         let request = parse_request(self, entry, index)?;
         let fail = |e: FhirError| at_entry(e, index, &request.resource_type);
@@ -647,7 +708,7 @@ impl Engine {
             .require_type(&request.resource_type, interaction_for(&request))
             .map_err(fail)?;
         if matches!(request.method.as_str(), "GET" | "HEAD") {
-            return self.run_get(caller, &request).map_err(fail);
+            return self.run_get(caller, &request, budget).map_err(fail);
         }
         let mut transaction = self.store.begin().map_err(|e| fail(e.into()))?;
         let tx = transaction.as_mut();

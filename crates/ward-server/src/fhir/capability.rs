@@ -49,7 +49,7 @@ pub fn capability_statement(base: &str, security: Option<Value>) -> Value {
             "readHistory": true,
             "updateCreate": true,
             "conditionalCreate": true,
-            "conditionalRead": "not-supported",
+            "conditionalRead": "full-support",
             "conditionalUpdate": true,
             "conditionalDelete": "single",
             "referencePolicy": ["literal", "local"],

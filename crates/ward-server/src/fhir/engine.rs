@@ -113,14 +113,17 @@ pub fn truncate(value: &str, max: usize) -> String {
     }
 }
 
-/// Splits a query string into decoded pairs, keeping `+` as written
-/// (FHIR clients percent-encode a plus sign in dates as `%2B`).
+/// Splits a query string into decoded pairs with the
+/// `application/x-www-form-urlencoded` rules HTML forms and HTTP clients
+/// use: `+` is a space. A timezone offset written with an unencoded `+`
+/// therefore arrives as a space, which date parsing accepts in its place.
 pub fn query_pairs(query: &str) -> FhirResult<Vec<(String, String)>> {
     let mut pairs = Vec::new();
     for part in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = part.split_once('=').unwrap_or((part, ""));
         let decode = |s: &str| {
-            percent_encoding::percent_decode_str(s)
+            let s = s.replace('+', " ");
+            percent_encoding::percent_decode_str(&s)
                 .decode_utf8()
                 .map(|c| c.into_owned())
                 .map_err(|_| {

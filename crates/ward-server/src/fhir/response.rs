@@ -85,6 +85,42 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, FhirError> {
         .ok_or_else(|| FhirError::bad_request("If-Match must be a version ETag such as W/\"3\""))
 }
 
+/// True when a conditional read may answer 304 Not Modified (RFC 9110
+/// §13.1.2 and §13.1.3): `If-None-Match` lists the current version or is
+/// `*`, or, without `If-None-Match`, `If-Modified-Since` is not older than
+/// the version.
+pub fn not_modified(headers: &HeaderMap, version: &ResourceVersion) -> bool {
+    let mut tags = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .peekable();
+    if tags.peek().is_some() {
+        return tags.any(|tag| tag == "*" || parse_etag(tag) == Some(version.version));
+    }
+    let Some(since) = headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_http_date)
+    else {
+        return false;
+    };
+    // HTTP dates have whole seconds.
+    version.last_updated.div_euclid(1_000_000) <= since
+}
+
+/// Parses an RFC 9110 IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) into
+/// seconds since the Unix epoch.
+fn parse_http_date(text: &str) -> Option<i64> {
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let at = time::PrimitiveDateTime::parse(text.trim(), &format).ok()?;
+    Some(at.assume_utc().unix_timestamp())
+}
+
 /// Formats an RFC 9110 HTTP-date from microseconds since the Unix epoch.
 pub fn http_date(micros: i64) -> String {
     let secs = micros.div_euclid(1_000_000);
@@ -185,6 +221,15 @@ mod tests {
             http_date(784_111_777_000_000),
             "Sun, 06 Nov 1994 08:49:37 GMT"
         );
+    }
+
+    #[test]
+    fn http_date_round_trips() {
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(parse_http_date("yesterday"), None);
     }
 
     #[test]

@@ -108,8 +108,9 @@ impl FromRequestParts<AppState> for Ctx {
                     network: peer,
                     ..Actor::default()
                 };
+                let outcome = err.outcome.to_json();
                 let reason = crate::audit::ascii(
-                    &err.outcome.to_json()["issue"][0]["diagnostics"]
+                    outcome["issue"][0]["diagnostics"]
                         .as_str()
                         .unwrap_or("authentication failed"),
                 );
@@ -297,11 +298,7 @@ async fn read(
     let target = Entity::resource(&version.resource_type, &version.id, Some(version.version)).ok();
     let resources = version.resource.iter().cloned().collect();
     audit_read(&state, &ctx, Subtype::Read, target, false, resources).await?;
-    let tag = ctx
-        .headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok());
-    if tag.and_then(crate::fhir::response::parse_etag) == Some(version.version) {
+    if crate::fhir::response::not_modified(&ctx.headers, &version) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         crate::fhir::response::version_headers(response.headers_mut(), &version);
         return Ok(response);
@@ -829,7 +826,6 @@ async fn break_the_glass(
     let engine = state.engine.clone();
     let actor = Actor::from_principal(&ctx.principal, ctx.peer);
     let principal = ctx.principal.clone();
-    let patient = id.clone();
     let granted = blocking(move || engine.break_the_glass(&principal, &actor, &id, &body)).await;
     let (outcome, minutes) = match granted {
         Ok(done) => done,
@@ -849,6 +845,5 @@ async fn break_the_glass(
         ],
     )
     .await;
-    let _ = patient;
     Ok(json_response(StatusCode::OK, &outcome))
 }

@@ -137,6 +137,13 @@ impl Engine {
             return Ok(self.searchset(&page, count, self_link, &[]));
         }
         let query: SearchQuery = parse_query(resource_type, pairs, handling)?;
+        for criterion in &query.criteria {
+            // A chain searches its target type: the caller must be allowed
+            // to, or the chain would reveal what it cannot read.
+            if let Some(chain) = &criterion.chain {
+                caller.require_type(&chain.target_type, Interaction::Search)?;
+            }
+        }
         match resource_type {
             Some(t) => caller.require_type(t, Interaction::Search)?,
             None if query.types.is_empty() => caller.require_type("*", Interaction::Search)?,
@@ -212,7 +219,7 @@ impl Engine {
                 "search": { "mode": "outcome" },
             }));
         }
-        let mut links = vec![("self", self_link.to_owned())];
+        let mut links = vec![("self", without_params(self_link, ignored))];
         if let Some(snapshot) = &page.snapshot {
             let page_link = |offset: usize| {
                 format!(
@@ -357,6 +364,30 @@ impl Engine {
         }
         let _ = http_date;
         entry
+    }
+}
+
+/// Removes the parameters `ignored` from a URL's query, so the self link
+/// shows only the parameters the search used.
+fn without_params(url: &str, ignored: &[String]) -> String {
+    let Some((path, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    if ignored.is_empty() {
+        return url.to_owned();
+    }
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|part| {
+            let name = part.split_once('=').map_or(*part, |(n, _)| n);
+            let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+            !ignored.iter().any(|i| *i == name)
+        })
+        .collect();
+    if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
     }
 }
 

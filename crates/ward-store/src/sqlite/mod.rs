@@ -82,6 +82,7 @@ impl SqliteStore {
     /// Opens (creating and migrating when needed) the store at
     /// `options.path`, unwrapping its data keys with `master`.
     pub fn open(options: &SqliteOptions, master: &MasterKey) -> Result<Self> {
+        create_private(&options.path)?;
         let mut writer = open_connection(&options.path)?;
         schema::migrate(&mut writer)?;
         let codec = load_codec(&writer, master)?;
@@ -129,6 +130,25 @@ impl SqliteStore {
             codec: &self.codec,
             max_scan: self.max_scan,
         }
+    }
+}
+
+/// Creates the database file with mode 0600 when it does not exist yet;
+/// SQLite gives its `-wal` and `-shm` files the same mode.
+fn create_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(StoreError::Database(format!(
+            "creating the database {}: {err}",
+            path.display()
+        ))),
     }
 }
 
@@ -289,7 +309,7 @@ impl Store for SqliteStore {
     }
 
     fn audit_head(&self) -> Result<crate::types::AuditHead> {
-        Ok(audit::head(&self.audit.lock()))
+        self.with_reader(|conn| Ok(audit::head(&audit::load(conn)?)))
     }
 
     fn begin(&self) -> Result<Box<dyn WriteTx + '_>> {

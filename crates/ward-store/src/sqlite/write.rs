@@ -356,9 +356,12 @@ impl WriteTx for SqliteWriteTx<'_> {
     }
 
     fn append_audit(&mut self, record: &ward_audit::AuditRecord) -> Result<u64> {
+        // The saved state is read inside the transaction (which holds
+        // SQLite's write lock), so another process appending to the same
+        // database, such as `ward import`, cannot fork the chain.
         let mut work = match self.audit_work.take() {
             Some(work) => work,
-            None => self.audit.lock().clone(),
+            None => super::audit::load(&self.conn)?,
         };
         let result = super::audit::append(&self.conn, &mut work, record);
         self.audit_work = Some(work);

@@ -12,7 +12,6 @@ use ward_server::auth::Principal;
 use ward_server::fhir::engine::{Engine, Limits};
 use ward_server::fhir::response::ReturnPreference;
 use ward_server::setup::DataDir;
-use ward_store::{SqliteOptions, SqliteStore};
 use zeroize::Zeroizing;
 
 use crate::cli::{DataArgs, ServeArgs};
@@ -129,7 +128,7 @@ impl Direct {
         let serve_args = ServeArgs {
             data: data.clone(),
             listen: None,
-            database: None,
+            database: std::env::var("WARD_DATABASE").ok(),
             tls_cert: None,
             tls_key: None,
             base_url: None,
@@ -147,10 +146,10 @@ impl Direct {
         let (keys, _) = DataDir::new(&settings.data)
             .open_or_init(DEFAULT_ORG_NAME)
             .context("opening the data directory")?;
-        let store = SqliteStore::open(&SqliteOptions::new(&settings.database), &keys.master)
-            .with_context(|| format!("opening the database {}", settings.database.display()))?;
+        let store = ward_store::open(&settings.store, &keys.master)
+            .with_context(|| format!("opening the database {}", settings.store.describe()))?;
         let engine = Engine {
-            store: Arc::new(store),
+            store,
             base: settings.fhir_base(),
             limits: Limits::default(),
             access: crate::serve::load_access(&settings)?,
