@@ -10,9 +10,11 @@
 pub mod compartment;
 pub mod definitions;
 pub mod fhirpath;
+pub mod json;
 pub mod outcome;
 pub mod search;
 pub mod summary;
 pub mod validate;
 
+pub use json::parse_json_strict;
 pub use outcome::{IssueSeverity, IssueType, OperationOutcome, OutcomeIssue};

@@ -304,7 +304,13 @@ fn extract_patient_parameters() {
         tokens(&entries, "_tag"),
         vec![token(Some("http://tags"), "t1")]
     );
-    assert_eq!(tokens(&entries, "gender"), vec![token(None, "female")]);
+    assert_eq!(
+        tokens(&entries, "gender"),
+        vec![token(
+            Some("http://hl7.org/fhir/administrative-gender"),
+            "female"
+        )]
+    );
     assert_eq!(tokens(&entries, "active"), vec![token(None, "true")]);
     assert_eq!(
         tokens(&entries, "identifier"),

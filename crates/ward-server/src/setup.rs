@@ -49,7 +49,32 @@ pub struct Keys {
     pub ca: CertificateAuthority,
     /// The access-token signing key.
     pub signing: SigningKey,
+    /// Public halves of earlier signing keys, still trusted until tokens
+    /// signed with them have expired.
+    pub retired_signing: Vec<RetiredKey>,
 }
+
+/// The public half of a retired token signing key.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RetiredKey {
+    /// The key id (RFC 7638 thumbprint).
+    pub kid: String,
+    /// The P-256 x coordinate, base64url.
+    pub x: String,
+    /// The P-256 y coordinate, base64url.
+    pub y: String,
+    /// The public JWK, as served at the JWKS endpoint.
+    pub jwk: serde_json::Value,
+    /// When the key stopped signing, in seconds since the Unix epoch.
+    pub retired_at: i64,
+}
+
+/// How long a retired signing key stays trusted: longer than the longest
+/// token lifetime (`ward token` allows 24 hours).
+pub const RETIRED_KEY_TRUST_SECS: i64 = 25 * 3600;
+
+/// The file of retired signing keys (public halves only).
+const RETIRED_KEYS_FILE: &str = "signing-retired.json";
 
 /// A data directory.
 #[derive(Debug, Clone)]
@@ -161,14 +186,65 @@ impl DataDir {
             created = true;
             key
         };
+        let retired_signing = self.retired_keys()?;
         Ok((
             Keys {
                 master,
                 ca,
                 signing,
+                retired_signing,
             },
             created,
         ))
+    }
+
+    /// Reads the retired signing keys that are still trusted.
+    fn retired_keys(&self) -> Result<Vec<RetiredKey>, SetupError> {
+        let path = self.path.join(RETIRED_KEYS_FILE);
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+        let keys: Vec<RetiredKey> = serde_json::from_str(&text).map_err(|e| SetupError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        Ok(keys
+            .into_iter()
+            .filter(|k| now - k.retired_at < RETIRED_KEY_TRUST_SECS)
+            .collect())
+    }
+
+    /// Replaces the token signing key with a new one. The old key's public
+    /// half is kept in `signing-retired.json`, so tokens it signed stay
+    /// valid until they expire; servers pick the new key up when they
+    /// restart. Returns the new key id.
+    pub fn rotate_signing_key(&self, keys: &Keys) -> Result<String, SetupError> {
+        let signing_path = self.path.join("signing.key.sealed");
+        let fresh = SigningKey::generate().map_err(crypto_err(&signing_path))?;
+        let (x, y) = keys.signing.public_key_xy();
+        let mut retired = keys.retired_signing.clone();
+        retired.push(RetiredKey {
+            kid: keys.signing.kid().to_owned(),
+            x: x.to_owned(),
+            y: y.to_owned(),
+            jwk: keys.signing.public_jwk(),
+            retired_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+        });
+        let retired_path = self.path.join(RETIRED_KEYS_FILE);
+        let text = serde_json::to_vec_pretty(&retired).map_err(|e| SetupError::Io {
+            path: retired_path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        // The retired list is written first: a crash in between leaves the
+        // old key active and also listed, which is harmless.
+        write_atomic(&retired_path, &text, 0o644)?;
+        let sealed = fresh
+            .sealed_key(&keys.master)
+            .map_err(crypto_err(&signing_path))?;
+        write_atomic(&signing_path, sealed.as_str().as_bytes(), 0o600)?;
+        Ok(fresh.kid().to_owned())
     }
 
     /// Loads the audit checkpoint signing key, `audit.key.sealed`, creating

@@ -89,9 +89,12 @@ pub struct HistoryRequest {
     pub scope: HistoryScope,
     /// `_since`: only versions stored at or after this instant (µs).
     pub since: Option<i64>,
-    /// `_at`-style upper bound: only versions stored at or before this
-    /// instant (µs).
-    pub before: Option<i64>,
+    /// `_at`: only versions that were current at some point of this
+    /// closed-open range `[low, high)` of instants (µs), as a date or
+    /// partial date covers. A version is current from its `last_updated`
+    /// until the next version of its resource is stored. Deletion markers
+    /// are never current, so they are left out.
+    pub at: Option<(i64, i64)>,
     /// The page size.
     pub count: usize,
     /// Continue after this cursor (from a previous page's `next_cursor`).

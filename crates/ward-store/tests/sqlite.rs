@@ -283,7 +283,7 @@ fn create_update_delete_keep_versions(fixture: &Fixture) {
         .history(&HistoryRequest {
             scope: HistoryScope::Instance("Patient".into(), "p1".into()),
             since: None,
-            before: None,
+            at: None,
             count: 10,
             cursor: None,
         })
@@ -471,7 +471,7 @@ fn history_pages_newest_first(fixture: &Fixture) {
     let mut request = HistoryRequest {
         scope: HistoryScope::Type("Patient".into()),
         since: None,
-        before: None,
+        at: None,
         count: 2,
         cursor: None,
     };

@@ -34,6 +34,8 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Verify or export the tamper-evident audit log.
     Audit(AuditArgs),
+    /// Rotate the access-token signing key (restart the servers afterwards).
+    Keys(KeysArgs),
 }
 
 /// `ward serve`: the server options and the audit options.
@@ -56,9 +58,21 @@ pub struct AuditServeArgs {
     /// POST each security alert as JSON to this https:// URL.
     #[arg(long, env = "WARD_ALERT_WEBHOOK")]
     pub alert_webhook: Option<String>,
-    /// A PEM CA certificate that the alert webhook's certificate chains to [default: the system roots are not used; set this for --alert-webhook].
+    /// A PEM CA certificate that the certificates of the syslog collector and the alert webhook chain to; the system roots are never used, so --siem-syslog and --alert-webhook need it.
     #[arg(long, env = "WARD_SIEM_CA")]
     pub siem_ca: Option<PathBuf>,
+    /// Export every audit record as RFC 5424 syslog over TLS (RFC 5425 framing) to this HOST:PORT; HOST is also the TLS server name.
+    #[arg(long, env = "WARD_SIEM_SYSLOG", value_name = "HOST:PORT")]
+    pub siem_syslog: Option<String>,
+    /// Append every audit record as one AuditEvent JSON line to this file, synced to disk after each batch.
+    #[arg(long, env = "WARD_SIEM_JSONL", value_name = "FILE")]
+    pub siem_jsonl: Option<PathBuf>,
+    /// Raise the export backlog alert when a SIEM export is more than this many records behind...
+    #[arg(long, env = "WARD_SIEM_BACKLOG_RECORDS", default_value_t = 10_000)]
+    pub siem_backlog_records: u64,
+    /// ...for at least this many seconds.
+    #[arg(long, env = "WARD_SIEM_BACKLOG_SECS", default_value_t = 300)]
+    pub siem_backlog_secs: u64,
 }
 
 /// Options of `ward audit`.
@@ -118,6 +132,22 @@ pub struct AuditExportArgs {
     /// The output format: jsonl (one AuditEvent per line) or syslog (RFC 5424 lines).
     #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "syslog"])]
     pub format: String,
+}
+
+/// Options of `ward keys`.
+#[derive(Debug, Clone, Args)]
+pub struct KeysArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+/// The subcommands of `ward keys`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new access-token signing key. Tokens signed by the old key
+    /// stay valid until they expire; servers use the new key once restarted.
+    RotateSigning(DataArgs),
 }
 
 /// The data directory option shared by every command.

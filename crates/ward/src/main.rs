@@ -27,6 +27,7 @@ fn main() -> std::process::ExitCode {
         Command::Client(args) => client::run(args),
         Command::Migrate(args) => migrate::run(args),
         Command::Audit(args) => audit::run(args),
+        Command::Keys(args) => serve::run_keys(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

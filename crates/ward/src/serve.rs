@@ -9,6 +9,7 @@ use axum_server::tls_rustls::RustlsConfig;
 use ward_server::access::Access;
 use ward_server::audit::alerts::{self, Alerts, Webhook};
 use ward_server::audit::checkpoints::{self, Checkpointer};
+use ward_server::audit::siem::{BacklogAlert, Destination, Exporter};
 use ward_server::audit::{AuditFailure, Auditor};
 use ward_server::auth::{Grant, TokenIssuer, TokenVerifier};
 use ward_server::fhir::engine::{Engine, Limits};
@@ -65,6 +66,56 @@ fn alert_webhook(args: &AuditServeArgs) -> Result<Option<Webhook>> {
         url: url.clone(),
         client,
     }))
+}
+
+/// Starts one export task per SIEM destination. The tasks end with the
+/// runtime.
+fn start_siem_exports(
+    settings: &Settings,
+    args: &AuditServeArgs,
+    store: &Arc<dyn Store>,
+    auditor: &Arc<Auditor>,
+) -> Result<()> {
+    let mut destinations = Vec::new();
+    if let Some(address) = &args.siem_syslog {
+        let Some(ca) = &args.siem_ca else {
+            bail!("--siem-syslog needs --siem-ca, the CA certificate of the collector");
+        };
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        destinations.push(
+            Destination::syslog(address, &pem)
+                .with_context(|| format!("--siem-syslog {address}"))?,
+        );
+    }
+    if let Some(path) = &args.siem_jsonl {
+        let path = std::path::absolute(path)
+            .with_context(|| format!("resolving --siem-jsonl {}", path.display()))?;
+        destinations.push(Destination::Jsonl { path });
+    }
+    let backlog = BacklogAlert {
+        records: args.siem_backlog_records,
+        after: Duration::from_secs(args.siem_backlog_secs),
+    };
+    let hostname = settings
+        .origin
+        .trim_start_matches("https://")
+        .rsplit_once(':')
+        .map_or(
+            settings.origin.trim_start_matches("https://"),
+            |(host, _)| host,
+        )
+        .to_owned();
+    for destination in destinations {
+        let exporter = Exporter::new(
+            store.clone(),
+            auditor.clone(),
+            destination,
+            &hostname,
+            backlog,
+        );
+        tokio::spawn(exporter.run());
+    }
+    Ok(())
 }
 
 /// Loads the audit key and checkpoint file, checks the records after the
@@ -137,7 +188,10 @@ pub fn load_access(settings: &Settings) -> Result<Access> {
 /// Builds the token verifier for a server at `settings.origin`.
 pub fn verifier(settings: &Settings, keys: &Keys) -> Result<TokenVerifier> {
     let (x, y) = keys.signing.public_key_xy();
-    let public = vec![(keys.signing.kid().to_owned(), x.to_owned(), y.to_owned())];
+    let mut public = vec![(keys.signing.kid().to_owned(), x.to_owned(), y.to_owned())];
+    for retired in &keys.retired_signing {
+        public.push((retired.kid.clone(), retired.x.clone(), retired.y.clone()));
+    }
     TokenVerifier::new(&public, &settings.origin, &settings.fhir_base())
         .context("loading the token verification key")
 }
@@ -160,6 +214,7 @@ async fn serve(settings: Settings, audit_args: AuditServeArgs) -> Result<()> {
     let (auditor, checkpointer) = start_audit(&settings, &audit_args, &data, &keys, &store).await?;
     let (stop_checkpoints, stopped) = tokio::sync::watch::channel(false);
     let checkpoint_task = tokio::spawn(checkpointer.run(auditor.clone(), stopped));
+    start_siem_exports(&settings, &audit_args, &store, &auditor)?;
     let engine = Arc::new(Engine {
         store: store.clone(),
         base: settings.fhir_base(),
@@ -179,7 +234,8 @@ async fn serve(settings: Settings, audit_args: AuditServeArgs) -> Result<()> {
         &keys.signing,
         verifier.clone(),
     )
-    .context("loading the token signing key")?;
+    .context("loading the token signing key")?
+    .with_retired_keys(keys.retired_signing.iter().map(|k| k.jwk.clone()).collect());
     let state = AppState::new(engine, verifier).with_oauth(Arc::new(oauth));
 
     let tls = match &settings.tls {
@@ -273,6 +329,30 @@ async fn shutdown_on_signal(handle: axum_server::Handle<SocketAddr>, grace: Dura
         "shutting down: draining requests in flight"
     );
     handle.graceful_shutdown(Some(grace));
+}
+
+/// `ward keys`.
+pub fn run_keys(args: crate::cli::KeysArgs) -> Result<()> {
+    match args.command {
+        crate::cli::KeysCommand::RotateSigning(data) => {
+            let dir = DataDir::new(data.dir());
+            if !dir.exists() {
+                bail!(
+                    "no data directory at {}; run 'ward serve --data {}' once to create it",
+                    data.dir().display(),
+                    data.dir().display()
+                );
+            }
+            let (keys, _) = dir.open_or_init(DEFAULT_ORG_NAME)?;
+            let old = keys.signing.kid().to_owned();
+            let new = dir.rotate_signing_key(&keys)?;
+            println!("new signing key: {new}");
+            println!(
+                "retired key {old} stays trusted for tokens it signed; restart the servers to sign with the new key"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// `ward ca`.

@@ -29,11 +29,11 @@ pub struct UserArgs {
 pub enum UserCommand {
     /// Create a user; prints the TOTP secret and recovery codes once.
     Add(UserAddArgs),
-    /// List the users (names, roles, status; no secrets).
+    /// List the users (names, roles, status, passkey count; no secrets).
     List(StoreArgs),
     /// Disable a user: ends their sessions, revokes their refresh tokens, and their access tokens stop working.
     Disable(UserNameArgs),
-    /// Replace a user's TOTP secret and recovery codes; prints the new ones once.
+    /// Replace a user's TOTP secret and recovery codes and remove their passkeys; prints the new codes once.
     ResetMfa(UserNameArgs),
 }
 
@@ -174,16 +174,17 @@ fn list(data: &StoreArgs) -> Result<()> {
     let store = open_store(data)?;
     let users = identity::list_users(store.as_ref())?;
     println!(
-        "{:<24} {:<16} {:<24} {:<9} ID",
-        "USER NAME", "ROLE", "FHIR USER", "STATUS"
+        "{:<24} {:<16} {:<24} {:<9} {:<8} ID",
+        "USER NAME", "ROLE", "FHIR USER", "STATUS", "PASSKEYS"
     );
     for user in &users {
         println!(
-            "{:<24} {:<16} {:<24} {:<9} {}",
+            "{:<24} {:<16} {:<24} {:<9} {:<8} {}",
             user.username,
             user.role,
             user.fhir_user.as_deref().unwrap_or("-"),
             if user.disabled { "disabled" } else { "active" },
+            user.passkeys.len(),
             user.id
         );
     }
@@ -208,7 +209,10 @@ fn reset_mfa(args: &UserNameArgs) -> Result<()> {
     let store = open_store(&args.store)?;
     let enrollment = identity::reset_mfa(store.as_ref(), &args.username, TOTP_ISSUER)
         .with_context(|| format!("resetting the second factor of {}", args.username))?;
-    println!("New second factor for {}.", args.username);
+    println!(
+        "New second factor for {}; removed {} passkey(s).",
+        args.username, enrollment.passkeys_removed
+    );
     print_enrollment(&enrollment);
     Ok(())
 }

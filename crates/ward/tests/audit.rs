@@ -3,6 +3,7 @@
 //! SIGKILL loses no acknowledged write or its record.
 
 mod common;
+mod test_pki;
 
 use std::path::Path;
 use std::process::Command;
@@ -536,4 +537,529 @@ async fn kill_nine_keeps_acknowledged_writes() {
         let (code, text) = verify(&data);
         assert_eq!(code, 0, "verification after SIGKILL: {text}");
     }
+}
+
+// Sign-in, token and alert events.
+
+const PASSWORD: &str = "cobalt-heron-meadow-77";
+const WRONG_PASSWORD: &str = "not-the-password-9";
+const APP_REDIRECT: &str = "http://127.0.0.1:7001/callback";
+const VERIFIER: &str = "Qw8eR5tY2uI7oP4aS1dF6gH3jK9lZ0xC5vB2nM8qWe3";
+
+/// The alert thresholds the alert tests use.
+const ALERT_SETTINGS: &str = "[alerts]\ndistinct_patients = 3\nsign_in_failures = 3\n";
+
+/// Starts a server on a data directory whose `ward.toml` holds `toml`.
+fn start_with_config(toml: &str, args: &[&str]) -> Server {
+    let root = tempfile::tempdir().expect("temporary directory");
+    let data = root.path().join("data");
+    std::fs::create_dir(&data).expect("create the data directory");
+    std::fs::write(data.join("ward.toml"), toml).expect("write ward.toml");
+    Server::start_in(root, data, args, &[("NO_COLOR", "1")])
+}
+
+/// Runs a `ward` subcommand on the server's data and returns its stdout.
+fn ward(server: &Server, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write as _;
+    let mut command = Command::new(WARD);
+    command
+        .args(args)
+        .arg("--data")
+        .arg(server.data_dir())
+        .env_remove("WARD_DATABASE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(database) = server.database() {
+        command.args(["--database", database.url().as_str()]);
+    }
+    let mut child = command.spawn().expect("run ward");
+    if let Some(text) = stdin {
+        let mut input = child.stdin.take().expect("stdin");
+        input.write_all(text.as_bytes()).expect("write stdin");
+    }
+    drop(child.stdin.take());
+    let output = child.wait_with_output().expect("wait for ward");
+    assert!(
+        output.status.success(),
+        "ward {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+/// Adds a user and returns its TOTP secret.
+fn add_user(server: &Server, name: &str) -> String {
+    let args = [
+        "user",
+        "add",
+        "--username",
+        name,
+        "--role",
+        "physician",
+        "--fhir-user",
+        "Practitioner/pr-9",
+        "--password-stdin",
+    ];
+    let output = ward(server, &args, Some(&format!("{PASSWORD}\n")));
+    output
+        .lines()
+        .find_map(|line| line.strip_prefix("TOTP secret: "))
+        .expect("the TOTP secret is printed")
+        .to_owned()
+}
+
+/// Returns the current TOTP code of `secret`.
+fn totp_code(secret: &str) -> String {
+    use ward_auth::totp::{self, TotpSecret};
+    let secret = TotpSecret::from_base32(secret).expect("a valid secret");
+    totp::code_at(&secret, time::OffsetDateTime::now_utc()).expect("a code")
+}
+
+/// A browser without redirects that keeps the server's cookies.
+struct Browser {
+    http: reqwest::Client,
+    origin: String,
+    cookies: std::collections::HashMap<String, String>,
+}
+
+impl Browser {
+    fn new(server: &Server) -> Browser {
+        let pem = std::fs::read(server.data_dir().join("ca.pem")).expect("ca.pem");
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA"))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        Browser {
+            http,
+            origin: server.origin().to_owned(),
+            cookies: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Sends `request` with the cookies; returns the status, the
+    /// `Location` header and the body.
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> (StatusCode, String, String) {
+        let jar: Vec<String> = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let response = request
+            .header(reqwest::header::COOKIE, jar.join("; "))
+            .send()
+            .await
+            .expect("send");
+        for value in response.headers().get_all(reqwest::header::SET_COOKIE) {
+            let pair = value.to_str().expect("ASCII cookie").split(';').next();
+            if let Some((name, value)) = pair.and_then(|pair| pair.split_once('=')) {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        let status = response.status();
+        let location = common::header(response.headers(), "location").to_owned();
+        (status, location, response.text().await.expect("body"))
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> String {
+        let request = self.http.post(format!("{}{path}", self.origin)).form(form);
+        self.send(request).await.2
+    }
+}
+
+/// Returns the value of the hidden form field `name` in `page`.
+fn form_field(page: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = page
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {page}"))
+        + marker.len();
+    let end = page[start..].find('"').expect("closing quote") + start;
+    page[start..end].to_owned()
+}
+
+/// Returns the `detail` value `key` of an AuditEvent, if present.
+fn detail(event: &Value, key: &str) -> Option<String> {
+    event["entity"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|entity| entity["detail"].as_array().into_iter().flatten())
+        .find(|detail| detail["type"] == key)
+        .and_then(|detail| detail["valueString"].as_str().map(str::to_owned))
+}
+
+/// Every AuditEvent, read with a `system/AuditEvent.rs` token.
+async fn all_events(server: &Server) -> Vec<Value> {
+    let token = server.token("system/AuditEvent.rs");
+    audit_events(server, &token, "_count=100").await
+}
+
+fn with_detail<'a>(events: &'a [Value], key: &str, value: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|event| detail(event, key).as_deref() == Some(value))
+        .collect()
+}
+
+/// Waits until the server's stderr has a `ward::alert` warning naming
+/// `rule`, and returns that line.
+async fn alert_line(server: &Server, rule: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = server.stderr_log();
+        let line = log
+            .lines()
+            .find(|line| line.contains("ward::alert") && line.contains(rule))
+            .map(str::to_owned);
+        if let Some(line) = line {
+            assert!(line.contains("WARN"), "{line}");
+            return line;
+        }
+        assert!(Instant::now() < deadline, "no {rule} alert in:\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn sign_in_and_tokens_are_audited() {
+    let server = start_with_config(ALERT_SETTINGS, &[]);
+    ward(
+        &server,
+        &[
+            "client",
+            "add",
+            "--id",
+            "audit-app",
+            "--redirect-uri",
+            APP_REDIRECT,
+        ],
+        None,
+    );
+    let secret = add_user(&server, "erin");
+    let challenge = ward_auth::oauth::CodeChallenge::from_verifier(VERIFIER)
+        .expect("a valid verifier")
+        .as_str()
+        .to_owned();
+    let base = server.base();
+    let params = [
+        ("response_type", "code"),
+        ("client_id", "audit-app"),
+        ("redirect_uri", APP_REDIRECT),
+        ("scope", "openid fhirUser user/Patient.rs"),
+        ("state", "s-1"),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+        ("aud", base.as_str()),
+    ];
+    let mut browser = Browser::new(&server);
+    let url = format!("{}/oauth/authorize", server.origin());
+    let request = browser.http.get(url).query(&params);
+    let (status, _, page) = browser.send(request).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let csrf = form_field(&page, "csrf");
+
+    // Three wrong passwords reach the sign-in failure threshold.
+    for _ in 0..3 {
+        let form = [
+            ("csrf", csrf.as_str()),
+            ("username", "erin"),
+            ("password", WRONG_PASSWORD),
+        ];
+        let page = browser.post("/oauth/login", &form).await;
+        assert!(page.contains("incorrect"), "{page}");
+    }
+    let line = alert_line(&server, "sign_in_failures").await;
+    assert!(!line.contains(WRONG_PASSWORD), "{line}");
+
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("username", "erin"),
+        ("password", PASSWORD),
+    ];
+    let page = browser.post("/oauth/login", &form).await;
+    assert!(page.contains("action=\"/oauth/mfa\""), "{page}");
+    let page = browser
+        .post("/oauth/mfa", &[("csrf", &csrf), ("code", "000000x")])
+        .await;
+    assert!(
+        page.contains("action=\"/oauth/mfa\""),
+        "a wrong code: {page}"
+    );
+    let code = totp_code(&secret);
+    let page = browser
+        .post("/oauth/mfa", &[("csrf", &csrf), ("code", &code)])
+        .await;
+    assert!(page.contains("action=\"/oauth/consent\""), "{page}");
+    let consent = [("csrf", csrf.as_str()), ("decision", "approve")];
+    let request = browser
+        .http
+        .post(format!("{}/oauth/consent", server.origin()))
+        .form(&consent);
+    let (status, location, body) = browser.send(request).await;
+    assert_eq!(status, StatusCode::FOUND, "{body}");
+    let location = url::Url::parse(&location).expect("an absolute redirect");
+    let authorization_code = location
+        .query_pairs()
+        .find(|(name, _)| name == "code")
+        .map(|(_, value)| value.into_owned())
+        .expect("a code in the redirect");
+
+    let exchange = [
+        ("grant_type", "authorization_code"),
+        ("code", authorization_code.as_str()),
+        ("redirect_uri", APP_REDIRECT),
+        ("client_id", "audit-app"),
+        ("code_verifier", VERIFIER),
+    ];
+    let token_url = format!("{}/oauth/token", server.origin());
+    let response = server
+        .client()
+        .post(&token_url)
+        .form(&exchange)
+        .send()
+        .await;
+    let tokens: Value = response.expect("token request").json().await.expect("JSON");
+    let access = tokens["access_token"]
+        .as_str()
+        .expect("an access token")
+        .to_owned();
+    // The code works once; the second exchange is rejected.
+    let response = server
+        .client()
+        .post(&token_url)
+        .form(&exchange)
+        .send()
+        .await;
+    assert_eq!(
+        response.expect("token request").status(),
+        StatusCode::BAD_REQUEST
+    );
+    let revoke = [("token", access.as_str()), ("client_id", "audit-app")];
+    let response = server
+        .client()
+        .post(format!("{}/oauth/revoke", server.origin()))
+        .form(&revoke)
+        .send()
+        .await;
+    assert_eq!(response.expect("revoke").status(), StatusCode::OK);
+
+    let events = all_events(&server).await;
+    let text = Value::Array(events.clone()).to_string();
+    for secret_text in [
+        PASSWORD,
+        WRONG_PASSWORD,
+        &access,
+        &authorization_code,
+        &code,
+    ] {
+        assert!(!text.contains(secret_text), "a secret in the audit log");
+    }
+    let failed = with_detail(&events, "event", "signinfailed");
+    assert_eq!(failed.len(), 4, "three passwords and one code: {failed:?}");
+    assert!(failed.iter().all(|e| e["outcome"] == "4"));
+    assert_eq!(
+        failed
+            .iter()
+            .filter(|e| e["outcomeDesc"] == "invalid_credentials")
+            .count(),
+        3
+    );
+    assert_eq!(
+        failed
+            .iter()
+            .filter(|e| e["outcomeDesc"] == "invalid_second_factor")
+            .count(),
+        1
+    );
+    assert!(
+        failed
+            .iter()
+            .all(|e| e["agent"].to_string().contains("127.0.0.1"))
+    );
+    let signed_in = with_detail(&events, "event", "signin");
+    assert_eq!(signed_in.len(), 1, "{signed_in:?}");
+    assert_eq!(signed_in[0]["outcome"], "0");
+    assert_eq!(signed_in[0]["subtype"][0]["code"], "110122", "Login");
+    let issued = with_detail(&events, "event", "tokenissued");
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert!(names_agent(issued[0], "audit-app"), "{}", issued[0]);
+    let rejected = with_detail(&events, "event", "tokenrejected");
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0]["outcomeDesc"], "invalid_grant");
+    assert_eq!(with_detail(&events, "event", "tokenrevoked").len(), 1);
+    let alerts = with_detail(&events, "alert", "sign_in_failures");
+    assert!(!alerts.is_empty(), "an alert record");
+    assert!(alerts.iter().all(|e| e["type"]["code"] == "110113"));
+}
+
+/// The JSON bodies an HTTPS test endpoint received.
+type Posts = std::sync::Arc<std::sync::Mutex<Vec<Value>>>;
+
+/// Runs an HTTPS endpoint that answers every POST with 200 and keeps its
+/// JSON body.
+fn start_webhook(
+    listener: tokio::net::TcpListener,
+    config: std::sync::Arc<rustls::ServerConfig>,
+    posts: Posts,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    tokio::spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let posts = posts.clone();
+            tokio::spawn(async move {
+                let Ok(mut stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let body = loop {
+                    let Ok(read) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if read == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&chunk[..read]);
+                    let text = String::from_utf8_lossy(&request).into_owned();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length: usize = text[..end]
+                        .lines()
+                        .find_map(|line| {
+                            let (name, value) = line.split_once(':')?;
+                            name.eq_ignore_ascii_case("content-length")
+                                .then(|| value.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break request[end + 4..end + 4 + length].to_vec();
+                    }
+                };
+                if let Ok(json) = serde_json::from_slice(&body) {
+                    posts.lock().expect("lock").push(json);
+                }
+                let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                let _ = stream.write_all(reply).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    })
+}
+
+#[tokio::test]
+async fn alerts_reach_log_audit_and_webhook() {
+    let pki = test_pki::pki();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let ca_path = dir.path().join("webhook-ca.pem");
+    std::fs::write(&ca_path, &pki.ca_pem).expect("write the CA");
+    let ca_arg = ca_path.to_str().expect("UTF-8 path");
+
+    // A plain-HTTP webhook is rejected at startup.
+    let output = Command::new(WARD)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("refused"))
+        .args([
+            "--alert-webhook",
+            "http://127.0.0.1:9/alerts",
+            "--siem-ca",
+            ca_arg,
+        ])
+        .output()
+        .expect("run ward serve");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("https://"));
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let posts: Posts = std::sync::Arc::default();
+    let webhook = start_webhook(listener, pki.server.clone(), posts.clone());
+    let url = format!("https://localhost:{port}/alerts");
+    let server = start_with_config(
+        ALERT_SETTINGS,
+        &["--alert-webhook", &url, "--siem-ca", ca_arg],
+    );
+    let admin = server.token("system/*.cruds");
+
+    // One reader touches four patients, more than the threshold of three.
+    for index in 0..4 {
+        let id = format!("many-{index}");
+        let patient = json!({ "resourceType": "Patient", "id": id });
+        let (status, _, _) = server
+            .put_json(&format!("/Patient/{id}"), &admin, &patient)
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let reader = server.token_with("system/Patient.rs", &["--subject", "bulk-reader"]);
+    for index in 0..4 {
+        let (status, _, _) = server.get(&format!("/Patient/many-{index}"), &reader).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let line = alert_line(&server, "distinct_patients").await;
+    assert!(line.contains("bulk-reader"), "{line}");
+    assert!(
+        !line.contains("many-"),
+        "no patient ids in the alert: {line}"
+    );
+
+    let physician = user_token(
+        &server,
+        "doctor-7",
+        "physician",
+        "user/*.cruds",
+        Some("Practitioner/d7"),
+    );
+    let reason = json!({ "resourceType": "Parameters", "parameter": [
+        { "name": "reason", "valueString": "cardiac arrest" },
+    ] });
+    let (status, _, body) = server
+        .post_json("/Patient/many-0/$break-the-glass", &physician, &reason)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let line = alert_line(&server, "break_the_glass").await;
+    assert!(line.contains("doctor-7"), "{line}");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rules: Vec<String> = posts
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|post| post["rule"].as_str().map(str::to_owned))
+            .collect();
+        if rules.iter().any(|r| r == "distinct_patients")
+            && rules.iter().any(|r| r == "break_the_glass")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "webhook posts: {rules:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let posted = Value::Array(posts.lock().expect("lock").clone()).to_string();
+    assert!(
+        !posted.contains("many-"),
+        "no patient ids in webhook posts: {posted}"
+    );
+    assert!(
+        !posted.contains("cardiac"),
+        "no request content in webhook posts"
+    );
+    webhook.abort();
+
+    let events = all_events(&server).await;
+    let distinct = with_detail(&events, "alert", "distinct_patients");
+    assert_eq!(distinct.len(), 1, "{distinct:?}");
+    assert_eq!(detail(distinct[0], "user").as_deref(), Some("bulk-reader"));
+    assert_eq!(detail(distinct[0], "patients").as_deref(), Some("4"));
+    let glass = with_detail(&events, "alert", "break_the_glass");
+    assert_eq!(glass.len(), 1, "{glass:?}");
+    assert!(names_agent(glass[0], "doctor-7"));
 }

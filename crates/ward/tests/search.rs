@@ -1137,3 +1137,103 @@ async fn long_or_lists_and_limits() {
     let query = format!("Patient?name={}", many.join(","));
     assert_too_costly(&admin, &query, "1000").await;
 }
+
+#[tokio::test]
+async fn code_token_with_bound_system() {
+    let admin = Admin::start();
+    let p = create_patients(&admin).await;
+
+    let gender = "http://hl7.org/fhir/administrative-gender";
+    let with_system = format!("Patient?gender={gender}|female");
+    assert_eq!(admin.match_set(&with_system).await, sorted(&[&p.zoe]));
+    assert_eq!(
+        admin.match_set("Patient?gender=female").await,
+        sorted(&[&p.zoe])
+    );
+    let other_system = "Patient?gender=http://example.org/other|female";
+    assert!(admin.match_ids(other_system).await.is_empty());
+    let not_female = format!("Patient?gender:not={gender}|female");
+    assert_eq!(
+        admin.match_set(&not_female).await,
+        sorted(&[&p.adam, &p.carl])
+    );
+}
+
+/// Reads a history Bundle, asserting 200.
+async fn read_history(admin: &Admin, path: &str) -> Value {
+    let (status, _, body) = admin.get(path).await;
+    assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
+    assert_eq!(body["type"], "history", "GET {path}: {body}");
+    body
+}
+
+/// Returns the version ids of a history Bundle, newest first.
+fn history_versions(bundle: &Value) -> Vec<String> {
+    entries(bundle)
+        .iter()
+        .filter_map(|e| {
+            e["resource"]["meta"]["versionId"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn history_at_selects_current_versions() {
+    let admin = Admin::start();
+    let id = admin
+        .create(json!({ "resourceType": "Patient", "gender": "male" }))
+        .await;
+    let path = format!("Patient/{id}");
+    let mut stamps = Vec::new();
+    let (_, _, body) = admin.get(&path).await;
+    stamps.push(
+        body["meta"]["lastUpdated"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    );
+    for gender in ["female", "other"] {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let resource = json!({ "resourceType": "Patient", "id": id, "gender": gender });
+        let (status, _, body) = admin.server.put_json(&path, &admin.token, &resource).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        stamps.push(
+            body["meta"]["lastUpdated"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let (status, _, _) = admin.delete(&path).await;
+    assert!(status.is_success(), "delete: {status}");
+    let history = read_history(&admin, &format!("{path}/_history")).await;
+    let deleted_at = entries(&history)
+        .first()
+        .and_then(|e| e["response"]["lastModified"].as_str().map(str::to_owned));
+
+    let at = |when: &str| format!("{path}/_history?_at={when}");
+    // Each version's own instant selects that version alone: the previous
+    // one stopped being current at that instant.
+    for (stamp, version) in stamps.iter().zip(["1", "2", "3"]) {
+        assert_eq!(
+            history_versions(&read_history(&admin, &at(stamp)).await),
+            [version],
+            "_at={stamp}"
+        );
+    }
+    // A year covers every version that was current during it; the deletion
+    // marker is not a version that was current.
+    let year = stamps.first().map(|s| &s[..4]).unwrap_or_default();
+    assert_eq!(
+        history_versions(&read_history(&admin, &at(year)).await),
+        ["3", "2", "1"]
+    );
+    assert!(history_versions(&read_history(&admin, &at("2000")).await).is_empty());
+    if let Some(deleted_at) = deleted_at {
+        let after_delete = read_history(&admin, &at(&deleted_at)).await;
+        assert!(history_versions(&after_delete).is_empty(), "{after_delete}");
+    }
+}

@@ -438,6 +438,45 @@ pub struct SecurityEvent<'a> {
     pub reason: Option<&'a str>,
 }
 
+/// A [`SecurityEvent`] that owns its strings, for handlers that run on a
+/// blocking thread: they attach it to their response as an extension, and
+/// the async caller takes it out and records it.
+#[derive(Debug, Clone)]
+pub struct OwnedSecurityEvent {
+    /// What happened.
+    pub kind: SecurityEventKind,
+    /// The account (user id) involved, if known.
+    pub user_id: Option<String>,
+    /// The OAuth client involved, if known.
+    pub client_id: Option<String>,
+    /// A server-generated reason for a failure, such as `invalid_grant`.
+    pub reason: Option<&'static str>,
+}
+
+impl OwnedSecurityEvent {
+    /// Creates an event of `kind` with no user, client or reason.
+    pub fn new(kind: SecurityEventKind) -> Self {
+        Self {
+            kind,
+            user_id: None,
+            client_id: None,
+            reason: None,
+        }
+    }
+
+    /// Borrows the event for [`record_security_event`], as seen from
+    /// `network`.
+    pub fn as_event(&self, network: Option<IpAddr>) -> SecurityEvent<'_> {
+        SecurityEvent {
+            kind: self.kind,
+            user_id: self.user_id.as_deref(),
+            client_id: self.client_id.as_deref(),
+            network,
+            reason: self.reason,
+        }
+    }
+}
+
 /// Records a sign-in or token event in the audit log and runs the
 /// sign-in failure alert. Errors are logged, never returned, so the OAuth
 /// endpoints answer the same way whatever the audit log does.

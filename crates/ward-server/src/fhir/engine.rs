@@ -176,6 +176,10 @@ pub fn check_resource(body: &Value, resource_type: &str) -> FhirResult<()> {
         }
     }
     ward_fhir::validate::validate_resource(body)
+        .map_err(|outcome| FhirError::with_outcome(StatusCode::UNPROCESSABLE_ENTITY, outcome))?;
+    // A resource with more search values than the index accepts per
+    // resource would make every write behind it wait.
+    ward_fhir::search::check_index_size(body)
         .map_err(|outcome| FhirError::with_outcome(StatusCode::UNPROCESSABLE_ENTITY, outcome))
 }
 

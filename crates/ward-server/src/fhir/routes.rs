@@ -208,18 +208,8 @@ async fn read_body(req: Request, limit: usize) -> FhirResult<Bytes> {
 
 /// Parses a JSON body; syntax errors name the line and column.
 pub fn parse_json(bytes: &[u8]) -> FhirResult<Value> {
-    serde_json::from_slice(bytes).map_err(|err| {
-        let what = if err.to_string().contains("recursion limit") {
-            "the JSON is nested too deeply".to_owned()
-        } else {
-            format!(
-                "the body is not valid JSON (line {}, column {})",
-                err.line(),
-                err.column()
-            )
-        };
-        FhirError::new(StatusCode::BAD_REQUEST, IssueType::Structure, what)
-    })
+    ward_fhir::parse_json_strict(bytes)
+        .map_err(|outcome| FhirError::with_outcome(StatusCode::BAD_REQUEST, outcome))
 }
 
 /// Runs blocking store work off the async threads.

@@ -266,8 +266,14 @@ impl Engine {
             Some(value) => Some(parse_instant(value, "_since")?),
             None => None,
         };
-        let before = match param(pairs, "_at") {
-            Some(value) => Some(parse_instant(value, "_at")?),
+        // `_at` is a period: a date or partial date covers all of its range.
+        let at = match param(pairs, "_at") {
+            Some(value) => Some(ward_fhir::search::parse_date_range(value).ok_or_else(|| {
+                FhirError::bad_request(format!(
+                    "_at must be a FHIR date, dateTime or instant such as 2026-01-31, got '{}'",
+                    truncate(value, 40)
+                ))
+            })?),
             None => None,
         };
         let cursor = match param(pairs, "_cursor") {
@@ -278,7 +284,7 @@ impl Engine {
         let request = HistoryRequest {
             scope: scope.clone(),
             since,
-            before,
+            at,
             count,
             cursor,
         };

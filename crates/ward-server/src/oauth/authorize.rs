@@ -33,6 +33,9 @@ use super::identity::{
 use super::token::StoredCode;
 use super::{OAuthServer, blocking, server_of};
 use crate::AppState;
+use crate::audit::{OwnedSecurityEvent, SecurityEventKind, record_security_event};
+
+pub(super) mod passkey;
 
 /// How long a pending authorization request lasts, in seconds.
 const PENDING_TTL_SECS: i64 = 600;
@@ -394,9 +397,10 @@ fn mfa_page(pending: &Pending, error: Option<&str>) -> Page {
          <form method=\"post\" action=\"/oauth/mfa\">{csrf}\
          <label for=\"code\">Code</label>\
          <input type=\"text\" id=\"code\" name=\"code\" autocomplete=\"one-time-code\" inputmode=\"numeric\" required>\
-         <button type=\"submit\">Verify</button></form>",
+         <button type=\"submit\">Verify</button></form>{passkey}",
         error = error_html(error),
         csrf = hidden("csrf", &pending.csrf),
+        passkey = passkey::mfa_section(&pending.csrf),
     );
     Page::new(StatusCode::OK, "Two-step verification", body)
 }
@@ -519,11 +523,31 @@ async fn step(state: AppState, request: Request, handler: StepFn) -> Response {
         Err(response) => return response,
     };
     let server: Arc<OAuthServer> = server;
-    blocking(move || match load_pending(&server, &headers, &params) {
+    let network = source.parse().ok();
+    let mut response = blocking(move || match load_pending(&server, &headers, &params) {
         Ok((key, pending)) => handler(&server, &headers, &source, &params, key, pending),
         Err(page) => page.into_response(),
     })
-    .await
+    .await;
+    if let Some(event) = response.extensions_mut().remove::<OwnedSecurityEvent>() {
+        record_security_event(&state, event.as_event(network)).await;
+    }
+    response
+}
+
+/// Attaches a sign-in event to `response`; [`step`] records it once the
+/// blocking handler has returned.
+fn with_event(
+    mut response: Response,
+    kind: SecurityEventKind,
+    user_id: Option<String>,
+    reason: Option<&'static str>,
+) -> Response {
+    let mut event = OwnedSecurityEvent::new(kind);
+    event.user_id = user_id;
+    event.reason = reason;
+    response.extensions_mut().insert(event);
+    response
 }
 
 fn read_throttle(server: &OAuthServer, ns: &'static str, key: &str) -> ThrottleState {
@@ -578,8 +602,16 @@ fn sign_in(
             false
         }
     };
+    let attempted = user.as_ref().map(|u| u.id.clone());
     let user = user.filter(|u| verified && !u.disabled);
     let Some(user) = user else {
+        let reason = if !matches!(decision, Decision::Allow) {
+            "throttled"
+        } else if verified {
+            "account_disabled"
+        } else {
+            "invalid_credentials"
+        };
         write_throttle(
             server,
             NS_THROTTLE_ACCOUNT,
@@ -593,7 +625,13 @@ fn sign_in(
             &source_throttle.record_failure(&source_state, now),
         );
         tracing::info!(target: "ward::auth", "password sign-in failed");
-        return login_page(&pending, Some(SIGN_IN_FAILED)).into_response();
+        let page = login_page(&pending, Some(SIGN_IN_FAILED)).into_response();
+        return with_event(
+            page,
+            SecurityEventKind::SignInFailed,
+            attempted,
+            Some(reason),
+        );
     };
     let _ = store.kv_delete(NS_THROTTLE_ACCOUNT, &account_key);
     pending.stage = Stage::Mfa {
@@ -651,7 +689,7 @@ fn second_factor(
     _: &str,
     params: &Params,
     key: String,
-    mut pending: Pending,
+    pending: Pending,
 ) -> Response {
     let Stage::Mfa { user_id } = &pending.stage else {
         return render_stage(server, &pending, None).into_response();
@@ -678,10 +716,34 @@ fn second_factor(
             &throttle.record_failure(&throttle_state, now),
         );
         tracing::info!(target: "ward::auth", "second-factor check failed");
-        return mfa_page(&pending, Some(CODE_FAILED)).into_response();
+        let reason = if allowed {
+            "invalid_second_factor"
+        } else {
+            "throttled"
+        };
+        let page = mfa_page(&pending, Some(CODE_FAILED)).into_response();
+        return with_event(
+            page,
+            SecurityEventKind::SignInFailed,
+            Some(user.id.clone()),
+            Some(reason),
+        );
     }
     let _ = store.kv_delete(NS_THROTTLE_ACCOUNT, &account_key);
+    open_session(server, &key, pending, &user, now)
+}
 
+/// Opens a web session for a user who passed the second factor (a TOTP
+/// code, a recovery code or a passkey), moves the pending request to
+/// consent and shows the consent page.
+fn open_session(
+    server: &OAuthServer,
+    key: &str,
+    mut pending: Pending,
+    user: &UserRecord,
+    now: OffsetDateTime,
+) -> Response {
+    let store = server.store.as_ref();
     let Ok(session_token) = generate_token() else {
         return internal_error("generating the session");
     };
@@ -699,7 +761,7 @@ fn second_factor(
         user_id: user.id.clone(),
     };
     if identity::write(store, NS_SESSION, &session_key, &session, Some(expires)).is_err()
-        || save_pending(server, &key, &pending).is_err()
+        || save_pending(server, key, &pending).is_err()
     {
         return internal_error("storing the session");
     }
@@ -707,9 +769,10 @@ fn second_factor(
     // Lax, because the application sends the browser back here from its own
     // site for the next authorization.
     let cookie = html::cookie(SESSION_COOKIE, &session_token, max, "Lax");
-    consent_page(&pending, &user, None)
+    let page = consent_page(&pending, user, None)
         .cookie(cookie)
-        .into_response()
+        .into_response();
+    with_event(page, SecurityEventKind::SignIn, Some(user.id.clone()), None)
 }
 
 fn decide(

@@ -1,6 +1,8 @@
 //! Server-rendered HTML pages of the sign-in flow, their security headers
-//! and cookies. The pages need no JavaScript and carry no inline script or
-//! style, so the Content Security Policy can forbid both.
+//! and cookies. The pages carry no inline script or style, so the Content
+//! Security Policy can forbid both. Only the passkey buttons need
+//! JavaScript, from the static `/oauth/passkey.js`; the password and code
+//! forms work without it.
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -133,7 +135,7 @@ pub fn secure_headers(headers: &mut HeaderMap, form_targets: &[String]) {
         form_action.push_str(target);
     }
     let csp = format!(
-        "default-src 'none'; style-src 'self'; form-action {form_action}; frame-ancestors 'none'"
+        "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; form-action {form_action}; frame-ancestors 'none'"
     );
     if let Ok(value) = HeaderValue::from_str(&csp) {
         headers.insert(header::CONTENT_SECURITY_POLICY, value);

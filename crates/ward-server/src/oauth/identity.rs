@@ -18,6 +18,7 @@ use ward_auth::oauth::{Client, ClientKind, RefreshFamily, TokenDigest, TokenEndp
 use ward_auth::password::{self, PasswordRejection};
 use ward_auth::totp::{RecoveryCodeHash, RecoveryCodes, TotpSecret};
 use ward_store::{Store, StoreError};
+use webauthn_rs::prelude::Passkey;
 use zeroize::{Zeroize as _, Zeroizing};
 
 /// Users by id.
@@ -47,6 +48,15 @@ pub const NS_REFRESH: &str = "oauth.refresh";
 pub const NS_REVOKED: &str = "oauth.revoked_jti";
 /// `jti` values of client assertions already used, until they expire.
 pub const NS_ASSERTION_JTI: &str = "oauth.assertion_jti";
+/// WebAuthn ceremony states between the start and finish requests, by
+/// `register.SESSION_DIGEST` or `auth.PENDING_DIGEST`.
+pub const NS_PASSKEY_CEREMONY: &str = "auth.passkey_ceremony";
+/// User ids by blinded passkey credential id, so that one credential is
+/// registered to one user only.
+pub const NS_PASSKEY_ID: &str = "auth.passkey_id";
+
+/// Maximum number of passkeys per user.
+pub const MAX_PASSKEYS: usize = 10;
 
 /// Longest accepted user name, in characters.
 pub const MAX_USERNAME_LEN: usize = 64;
@@ -153,6 +163,18 @@ pub struct UserRecord {
     pub disabled: bool,
     /// Creation time, seconds since the Unix epoch.
     pub created: i64,
+    /// WebAuthn passkeys that may replace the TOTP code as second factor.
+    #[serde(default)]
+    pub passkeys: Vec<PasskeyRecord>,
+}
+
+/// A registered passkey.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct PasskeyRecord {
+    /// The credential: id, public key, signature counter and backup state.
+    pub passkey: Passkey,
+    /// Registration time, seconds since the Unix epoch.
+    pub created: i64,
 }
 
 impl Drop for UserRecord {
@@ -202,6 +224,8 @@ pub struct Enrollment {
     pub uri: Zeroizing<String>,
     /// Ten single-use recovery codes.
     pub recovery_codes: Vec<Zeroizing<String>>,
+    /// Passkeys removed by a reset.
+    pub passkeys_removed: usize,
 }
 
 fn check_username(username: &str) -> IdentityResult<()> {
@@ -257,6 +281,7 @@ fn enroll(
         secret: encoded.clone(),
         uri,
         recovery_codes: codes.codes,
+        passkeys_removed: 0,
     };
     Ok((enrollment, encoded.to_string(), codes.hashes))
 }
@@ -304,6 +329,7 @@ pub fn create_user(
         recovery_codes: hashes,
         disabled: false,
         created: OffsetDateTime::now_utc().unix_timestamp(),
+        passkeys: Vec::new(),
     };
     write(store, NS_USER, &id, &user, None)?;
     enrollment.user_id = id;
@@ -397,7 +423,8 @@ pub fn disable_user(store: &dyn Store, username: &str) -> IdentityResult<Revoked
     Ok(revoked)
 }
 
-/// Replaces a user's TOTP secret and recovery codes.
+/// Replaces a user's TOTP secret and recovery codes and removes their
+/// passkeys.
 ///
 /// # Errors
 ///
@@ -408,9 +435,50 @@ pub fn reset_mfa(store: &dyn Store, username: &str, issuer: &str) -> IdentityRes
     user.totp_secret = secret;
     user.totp_last_step = None;
     user.recovery_codes = hashes;
+    let removed = std::mem::take(&mut user.passkeys);
     save_user(store, &user)?;
+    for record in &removed {
+        store.kv_delete(NS_PASSKEY_ID, &passkey_key(store, &record.passkey))?;
+    }
     enrollment.user_id = user.id.clone();
+    enrollment.passkeys_removed = removed.len();
     Ok(enrollment)
+}
+
+/// The blinded key of a passkey's credential id in [`NS_PASSKEY_ID`].
+fn passkey_key(store: &dyn Store, passkey: &Passkey) -> String {
+    use base64::Engine as _;
+    let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(passkey.cred_id().as_slice());
+    store.blind("passkey", &id)
+}
+
+/// Adds a passkey to a user and returns how many they now have.
+///
+/// # Errors
+///
+/// An unknown user, a user who has [`MAX_PASSKEYS`] already, a credential
+/// registered before (to this or another user), or a store failure.
+pub fn add_passkey(store: &dyn Store, user_id: &str, passkey: Passkey) -> IdentityResult<usize> {
+    let mut user =
+        load_user(store, user_id)?.ok_or_else(|| IdentityError::NotFound("the user".into()))?;
+    if user.passkeys.len() >= MAX_PASSKEYS {
+        return Err(IdentityError::Invalid(format!(
+            "a user may register at most {MAX_PASSKEYS} passkeys"
+        )));
+    }
+    let key = passkey_key(store, &passkey);
+    if !store.kv_insert_new(NS_PASSKEY_ID, &key, user.id.as_bytes(), None)? {
+        return Err(IdentityError::Exists("the passkey".into()));
+    }
+    user.passkeys.push(PasskeyRecord {
+        passkey,
+        created: OffsetDateTime::now_utc().unix_timestamp(),
+    });
+    if let Err(error) = save_user(store, &user) {
+        let _ = store.kv_delete(NS_PASSKEY_ID, &key);
+        return Err(error);
+    }
+    Ok(user.passkeys.len())
 }
 
 /// A signed-in browser.

@@ -1,7 +1,8 @@
 //! The OAuth 2.0 authorization server for SMART App Launch 2.x.
 //!
 //! It serves the discovery documents and the authorization code flow with
-//! PKCE, password and TOTP sign-in and consent. The token endpoint takes
+//! PKCE, password sign-in with a TOTP code or a passkey as second factor,
+//! and consent. The token endpoint takes
 //! authorization codes, refresh tokens and SMART Backend Services client
 //! credentials. Introspection, revocation and client registration by
 //! administrators complete it.
@@ -95,9 +96,18 @@ pub struct OAuthServer {
     id_token_key: EncodingKey,
     kid: String,
     jwk: Value,
+    /// Public JWKs of retired signing keys, still served so clients can
+    /// verify tokens those keys signed.
+    retired_jwks: Vec<Value>,
 }
 
 impl OAuthServer {
+    /// Adds the public JWKs of retired signing keys to the JWKS.
+    pub fn with_retired_keys(mut self, jwks: Vec<Value>) -> Self {
+        self.retired_jwks = jwks;
+        self
+    }
+
     /// Creates the server. `signing` is the access-token key; ID tokens are
     /// signed with it too, and its public half is served at `/oauth/jwks`.
     ///
@@ -116,6 +126,7 @@ impl OAuthServer {
             id_token_key: EncodingKey::from_ec_der(&pkcs8),
             kid: signing.kid().to_owned(),
             jwk: signing.public_jwk(),
+            retired_jwks: Vec::new(),
             settings,
             store,
             verifier,
@@ -210,6 +221,24 @@ pub fn router() -> Router<AppState> {
         )
         .route("/oauth/login", post(authorize::login))
         .route("/oauth/mfa", post(authorize::mfa))
+        .route("/oauth/passkey.js", get(authorize::passkey::script))
+        .route("/oauth/passkeys", get(authorize::passkey::passkeys_page))
+        .route(
+            "/oauth/passkey/register/start",
+            post(authorize::passkey::register_start),
+        )
+        .route(
+            "/oauth/passkey/register/finish",
+            post(authorize::passkey::register_finish),
+        )
+        .route(
+            "/oauth/passkey/auth/start",
+            post(authorize::passkey::auth_start),
+        )
+        .route(
+            "/oauth/passkey/auth/finish",
+            post(authorize::passkey::auth_finish),
+        )
         .route("/oauth/consent", post(authorize::consent))
         .route("/oauth/token", post(token::token))
         .route("/oauth/introspect", post(token::introspect))
@@ -249,7 +278,11 @@ async fn openid_configuration(State(state): State<AppState>) -> Response {
 
 async fn jwks(State(state): State<AppState>) -> Response {
     match server_of(&state) {
-        Ok(server) => json_response(StatusCode::OK, &json!({ "keys": [server.jwk] })),
+        Ok(server) => {
+            let mut keys = vec![server.jwk.clone()];
+            keys.extend(server.retired_jwks.iter().cloned());
+            json_response(StatusCode::OK, &json!({ "keys": keys }))
+        }
         Err(response) => *response,
     }
 }

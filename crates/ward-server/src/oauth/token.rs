@@ -27,6 +27,7 @@ use super::identity::{
 };
 use super::{OAuthServer, blocking, json_response, server_of};
 use crate::AppState;
+use crate::audit::{OwnedSecurityEvent, SecurityEventKind, record_security_event};
 use crate::auth::{AccessClaims, Grant, Principal, authenticate};
 
 /// Largest token request body accepted.
@@ -105,6 +106,10 @@ async fn form_handler(
         Err(response) => return *response,
     };
     let (parts, body) = request.into_parts();
+    let network = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
     let media = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -122,11 +127,22 @@ async fn form_handler(
         return OAuthError::new("invalid_request", "the request body is too large").into_response();
     };
     let headers = parts.headers;
-    blocking(move || {
+    let mut response = blocking(move || {
         let params = Params::parse(&bytes);
         handler(&server, &headers, &params).unwrap_or_else(IntoResponse::into_response)
     })
-    .await
+    .await;
+    if let Some(event) = response.extensions_mut().remove::<OwnedSecurityEvent>() {
+        record_security_event(&state, event.as_event(network)).await;
+    }
+    response
+}
+
+/// Attaches a token event to `response`; [`form_handler`] records it once
+/// the blocking handler has returned.
+fn with_event(mut response: Response, event: OwnedSecurityEvent) -> Response {
+    response.extensions_mut().insert(event);
+    response
 }
 
 /// `POST /oauth/token`.
@@ -144,14 +160,45 @@ pub async fn revoke(State(state): State<AppState>, request: Request) -> Response
     form_handler(state, request, revoke_request).await
 }
 
+/// Handles a token request and attaches its audit event: the issued
+/// token's subject, or the OAuth error code of a rejection.
 fn token_request(
     server: &OAuthServer,
     headers: &HeaderMap,
     params: &Params,
 ) -> OAuthResult<Response> {
+    let mut client_id = None;
+    let (response, mut event) = match issue_token(server, headers, params, &mut client_id) {
+        Ok(body) => {
+            let mut event = OwnedSecurityEvent::new(SecurityEventKind::TokenIssued);
+            event.user_id = body["access_token"]
+                .as_str()
+                .and_then(|token| server.verifier.verify(token).ok())
+                .map(|claims| claims.sub);
+            (json_response(StatusCode::OK, &body), event)
+        }
+        Err(error) => {
+            let mut event = OwnedSecurityEvent::new(SecurityEventKind::TokenRejected);
+            event.reason = Some(error.error);
+            (error.into_response(), event)
+        }
+    };
+    event.client_id = client_id;
+    Ok(with_event(response, event))
+}
+
+/// Authenticates the client and runs the grant; `client_id` receives the
+/// authenticated client.
+fn issue_token(
+    server: &OAuthServer,
+    headers: &HeaderMap,
+    params: &Params,
+    client_id: &mut Option<String>,
+) -> OAuthResult<Value> {
     let now = OffsetDateTime::now_utc();
     let grant_type = params.get("grant_type").unwrap_or("");
     let client = authenticate_client(server, headers, params, now)?;
+    *client_id = Some(client.client.client_id.clone());
     let body = match grant_type {
         "authorization_code" => exchange_code(server, &client, params, now)?,
         "refresh_token" => refresh(server, &client, params, now)?,
@@ -164,7 +211,7 @@ fn token_request(
             ));
         }
     };
-    Ok(json_response(StatusCode::OK, &body))
+    Ok(body)
 }
 
 /// Decodes the `iss` of a JWT without checking it, to find the client whose
@@ -705,15 +752,27 @@ fn revoke_request(
         .get("token")
         .ok_or_else(|| OAuthError::new("invalid_request", "token is missing"))?;
     let store = server.store.as_ref();
+    let mut revoked = None;
     if let Ok(claims) = server.verifier.verify(token) {
         if caller.may_see(claims.client_id.as_deref()) {
             identity::revoke_access_token(store, &claims.jti, claims.exp)?;
+            revoked = Some((claims.sub, claims.client_id));
         }
     } else if let Some((key, record)) = find_family(server, token)?
         && caller.may_see(Some(&record.family.client_id))
     {
         identity::revoke_family(store, &key, Revocation::Revoked)?;
+        revoked = Some((record.family.user_id, Some(record.family.client_id)));
     }
     // RFC 7009 section 2.2: an unknown or foreign token also gets 200.
-    Ok(json_response(StatusCode::OK, &json!({})))
+    let response = json_response(StatusCode::OK, &json!({}));
+    Ok(match revoked {
+        Some((user_id, client_id)) => {
+            let mut event = OwnedSecurityEvent::new(SecurityEventKind::TokenRevoked);
+            event.user_id = Some(user_id);
+            event.client_id = client_id;
+            with_event(response, event)
+        }
+        None => response,
+    })
 }

@@ -170,9 +170,16 @@ impl Reader<'_> {
             filter.push_str(" AND v.last_updated >= ?");
             binds.push(SqlParam::Integer(since));
         }
-        if let Some(before) = request.before {
-            filter.push_str(" AND v.last_updated <= ?");
-            binds.push(SqlParam::Integer(before));
+        if let Some((low, high)) = request.at {
+            // The version started before the range ends, and no later version
+            // of the resource replaced it before the range began.
+            filter.push_str(
+                " AND v.method <> 'delete' AND v.last_updated < ? AND NOT EXISTS \
+                 (SELECT 1 FROM versions n WHERE n.res_pk = v.res_pk \
+                 AND n.version > v.version AND n.last_updated <= ?)",
+            );
+            binds.push(SqlParam::Integer(high));
+            binds.push(SqlParam::Integer(low));
         }
         let high_water = match request.cursor {
             Some(cursor) => cursor.high_water,
