@@ -178,11 +178,12 @@ impl Caller<'_> {
             self.grants = stored.grants;
         }
         if let Some(fhir_user) = self.subject.fhir_user.clone() {
-            for team in lookup(
-                store,
-                "CareTeam",
-                &[("participant", &fhir_user), ("status", "active")],
-            )? {
+            for team in lookup(store, "CareTeam", &[("participant", &fhir_user)])? {
+                // A team without a status counts; one that ended does not.
+                let status = team.get("status").and_then(Value::as_str);
+                if matches!(status, Some("inactive" | "suspended" | "entered-in-error")) {
+                    continue;
+                }
                 let subject = team.get("subject").into_iter();
                 self.care_team.extend(patient_ids(subject));
             }

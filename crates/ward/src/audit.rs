@@ -164,6 +164,9 @@ fn verify(args: &AuditVerifyArgs) -> Result<()> {
     if let Some(error) = error.take() {
         bail!("reading the audit log failed: {error}");
     }
+    if matches!(report, VerifyReport::Valid(_)) && args.from.is_none() {
+        check_patient_index(store)?;
+    }
     match report {
         VerifyReport::Valid(summary) => {
             println!(
@@ -187,6 +190,45 @@ fn verify(args: &AuditVerifyArgs) -> Result<()> {
             bail!("audit log verification failed: {problem}{record}")
         }
     }
+}
+
+/// Checks the per-patient index (used by `AuditEvent?patient=` and
+/// `$disclosures`) against the hash-chained records it is derived from, so
+/// rows removed from or added to the index are caught like changes to the
+/// records themselves.
+fn check_patient_index(store: &dyn Store) -> Result<()> {
+    let mut expected: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    let error = RefCell::new(None);
+    for row in rows(store, 0, &error) {
+        let Ok(entry) = ChainEntry::from_canonical(&row.canonical) else {
+            continue;
+        };
+        for entity in &entry.record.entities {
+            if let ward_audit::record::Entity::Patient { reference } = entity
+                && let Some(id) = reference.strip_prefix("Patient/")
+            {
+                expected.entry(id.to_owned()).or_default().push(row.seq);
+            }
+        }
+    }
+    if let Some(error) = error.take() {
+        bail!("reading the audit log failed: {error}");
+    }
+    for (patient, seqs) in &expected {
+        let indexed = store.audit_seqs_for_patient(patient, i64::MIN, i64::MAX)?;
+        if indexed != *seqs {
+            let first = seqs
+                .iter()
+                .chain(indexed.iter())
+                .find(|seq| seqs.contains(seq) != indexed.contains(seq))
+                .copied()
+                .unwrap_or_default();
+            bail!(
+                "audit log verification failed: the per-patient index for Patient/{patient} does not match the records (first difference at record seq {first}); it was changed outside Ward"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Verifies records `from..to` against the newest checkpoint that covers

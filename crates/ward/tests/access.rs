@@ -596,3 +596,93 @@ async fn patient_scope_hides_patientless_resources() {
     );
     assert!(ids.contains(&w.obs1));
 }
+
+#[tokio::test]
+async fn hidden_resources_behave_as_absent() {
+    let w = world().await;
+    let server = &w.admin.server;
+    let physician = user_token(&w, "user/*.cruds", "physician", "Practitioner/d1", None);
+
+    // A visible Observation derived from a hidden one: a chain through the
+    // reference must not match on the hidden target's content.
+    let mut derived = observation(&w.p1);
+    derived["derivedFrom"] = json!([{ "reference": format!("Observation/{}", w.obs2) }]);
+    w.admin.create(derived).await;
+    let chained = format!(
+        "/Observation?derived-from:Observation.subject=Patient/{}",
+        w.p2
+    );
+    let (status, _, bundle) = server.get(&chained, &physician).await;
+    assert_eq!(status, StatusCode::OK, "{bundle}");
+    assert_eq!(
+        bundle["total"], 0,
+        "a chain matched a hidden resource: {bundle}"
+    );
+
+    // Conditional delete: the hidden match counts as no match.
+    let (status, _, body) = server
+        .delete(
+            &format!("/Observation?subject=Patient/{}", w.p2),
+            &physician,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, _, _) = w.admin.get(&format!("/Observation/{}", w.obs2)).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the hidden resource must not be deleted"
+    );
+
+    // Conditional create: a hidden match does not stop the create.
+    let client = server.client();
+    let response = client
+        .post(server.url("/Observation"))
+        .bearer_auth(&physician)
+        .header("content-type", "application/fhir+json")
+        .header("if-none-exist", format!("subject=Patient/{}", w.p2))
+        .body(observation(&w.p1).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn conditional_delete_checks_role_first() {
+    let w = world().await;
+    let physician = user_token(&w, "user/*.cruds", "physician", "Practitioner/d1", None);
+    for query in ["name=Beta", "name=Nobody"] {
+        let (status, _, body) = w
+            .admin
+            .server
+            .delete(&format!("/Patient?{query}"), &physician)
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{query}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn care_team_without_status_counts() {
+    let w = world().await;
+    w.admin
+        .create(json!({
+            "resourceType": "CareTeam",
+            "subject": { "reference": format!("Patient/{}", w.p2) },
+            "participant": [{ "member": { "reference": "Practitioner/n2" } }],
+        }))
+        .await;
+    let nurse = user_token(&w, "user/*.rs", "nurse", "Practitioner/n2", None);
+    let (status, _, body) = w
+        .admin
+        .server
+        .get(&format!("/Patient/{}", w.p2), &nurse)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, _) = w
+        .admin
+        .server
+        .get(&format!("/Patient/{}", w.p1), &nurse)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

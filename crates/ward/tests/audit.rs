@@ -431,6 +431,11 @@ async fn tampering_fails_verification() {
             format!("DELETE FROM audit_log WHERE seq >= {}", signed - 3),
             "records removed from the end".into(),
         ),
+        (
+            "patient index",
+            "DELETE FROM audit_patient".into(),
+            "per-patient index".into(),
+        ),
     ];
     for (name, sql, expected) in cases {
         let copy = root.path().join(format!("copy-{name}"));

@@ -17,9 +17,7 @@ use ward_store::{HistoryScope, WriteTx};
 use crate::access::Caller;
 use crate::auth::Principal;
 use crate::error::{FhirError, FhirResult};
-use crate::fhir::engine::{
-    Engine, WriteResult, bundle, check_type, parse_query, query_pairs, truncate,
-};
+use crate::fhir::engine::{Engine, WriteResult, bundle, check_type, query_pairs, truncate};
 use crate::fhir::response::{ReturnPreference, parse_etag};
 use ward_audit::record::{Entity, Subtype};
 use ward_auth::policy::Interaction;
@@ -352,7 +350,7 @@ impl Engine {
             };
             let plan = match condition.as_ref().and_then(|c| conditional.get(c)) {
                 Some(id) => Planned::Exists(id.clone()),
-                None => self.plan_entry(tx, entry, request).map_err(fail)?,
+                None => self.plan_entry(tx, caller, entry, request).map_err(fail)?,
             };
             if let (Some(condition), Planned::Create(id)) = (condition, &plan) {
                 conditional.insert(condition, id.clone());
@@ -404,13 +402,14 @@ impl Engine {
     fn plan_entry(
         &self,
         tx: &mut dyn WriteTx,
+        caller: &Caller<'_>,
         entry: &Value,
         request: &EntryRequest,
     ) -> FhirResult<Planned> {
         Ok(match request.method.as_str() {
             "POST" => {
                 let existing = match &request.if_none_exist {
-                    Some(q) => self.match_one(tx, &request.resource_type, q)?,
+                    Some(q) => self.match_one(tx, caller, &request.resource_type, q)?,
                     None => None,
                 };
                 match existing {
@@ -420,7 +419,7 @@ impl Engine {
             }
             "PUT" => match (&request.id, &request.query) {
                 (Some(id), _) => Planned::Update(id.clone()),
-                (None, Some(q)) => match self.match_one(tx, &request.resource_type, q)? {
+                (None, Some(q)) => match self.match_one(tx, caller, &request.resource_type, q)? {
                     Some(id) => Planned::Update(id),
                     None => {
                         let body_id = entry
@@ -470,7 +469,8 @@ impl Engine {
             Planned::Create(id) | Planned::Update(id) => {
                 let mut resource = entry_resource(entry, index)?;
                 {
-                    let mut resolve = |reference: &str| self.resolve_conditional(tx, reference);
+                    let mut resolve =
+                        |reference: &str| self.resolve_conditional(tx, caller, reference);
                     rewrite_references(&mut resource, map, &mut resolve)?;
                 }
                 if request.method == "POST" {
@@ -503,12 +503,11 @@ impl Engine {
     fn match_one(
         &self,
         tx: &mut dyn WriteTx,
+        caller: &Caller<'_>,
         resource_type: &str,
         query: &str,
     ) -> FhirResult<Option<String>> {
-        let pairs = query_pairs(query)?;
-        let query = parse_query(Some(resource_type), &pairs, Handling::Strict)?;
-        let found = tx.search_keys(&query, 1)?;
+        let found = self.conditional_matches(tx, caller, resource_type, query, 1)?;
         match found.as_slice() {
             [] => Ok(None),
             [key] => Ok(Some(key.id.clone())),
@@ -520,10 +519,15 @@ impl Engine {
 
     /// Resolves a conditional reference such as `Patient?identifier=x|1`
     /// to `Patient/id`; zero or several matches fail the transaction.
-    fn resolve_conditional(&self, tx: &mut dyn WriteTx, reference: &str) -> FhirResult<String> {
+    fn resolve_conditional(
+        &self,
+        tx: &mut dyn WriteTx,
+        caller: &Caller<'_>,
+        reference: &str,
+    ) -> FhirResult<String> {
         let (resource_type, query) = reference.split_once('?').unwrap_or((reference, ""));
         check_type(resource_type)?;
-        match self.match_one(tx, resource_type, query)? {
+        match self.match_one(tx, caller, resource_type, query)? {
             Some(id) => Ok(format!("{resource_type}/{id}")),
             None => Err(FhirError::precondition(format!(
                 "conditional reference {resource_type}?… matched no resource"
@@ -712,7 +716,7 @@ impl Engine {
         }
         let mut transaction = self.store.begin().map_err(|e| fail(e.into()))?;
         let tx = transaction.as_mut();
-        let plan = self.plan_entry(tx, entry, &request).map_err(fail)?;
+        let plan = self.plan_entry(tx, caller, entry, &request).map_err(fail)?;
         let result = self
             .run_planned(tx, caller, entry, index, &request, &plan, &HashMap::new())
             .map_err(fail)?;

@@ -56,6 +56,9 @@ pub struct Engine {
     pub auditor: Arc<Auditor>,
 }
 
+/// The most candidates a conditional interaction checks for visibility.
+const MAX_CONDITIONAL_CANDIDATES: usize = 1_000;
+
 /// The result of a write interaction.
 #[derive(Debug, Clone)]
 pub struct WriteResult {
@@ -193,9 +196,13 @@ impl Engine {
 
     /// Finds the resources matching a conditional URL's query, at most
     /// `limit` + 1.
-    fn conditional_matches(
+    ///
+    /// Resources the caller may not see do not count as matches, so a
+    /// conditional interaction reveals nothing about them.
+    pub(crate) fn conditional_matches(
         &self,
         tx: &mut dyn WriteTx,
+        caller: &Caller<'_>,
         resource_type: &str,
         query: &str,
         limit: usize,
@@ -207,7 +214,20 @@ impl Engine {
             ));
         }
         let query = parse_query(Some(resource_type), &pairs, Handling::Strict)?;
-        Ok(tx.search_keys(&query, limit)?)
+        if !caller.filters_results() {
+            return Ok(tx.search_keys(&query, limit)?);
+        }
+        let mut visible = Vec::new();
+        for key in tx.search_keys(&query, MAX_CONDITIONAL_CANDIDATES)? {
+            let version = tx.read(&key.resource_type, &key.id)?;
+            if caller.can_see(&version) {
+                visible.push(key);
+                if visible.len() > limit {
+                    break;
+                }
+            }
+        }
+        Ok(visible)
     }
 
     /// `create`, with `If-None-Exist` when `if_none_exist` is set.
@@ -232,7 +252,7 @@ impl Engine {
                 .strip_prefix(resource_type)
                 .and_then(|rest| rest.strip_prefix('?'))
                 .unwrap_or(query);
-            let found = self.conditional_matches(tx, resource_type, query, 1)?;
+            let found = self.conditional_matches(tx, caller, resource_type, query, 1)?;
             match found.as_slice() {
                 [] => {}
                 [key] => {
@@ -357,8 +377,11 @@ impl Engine {
         if_match: Option<u64>,
     ) -> FhirResult<WriteResult> {
         check_resource(&resource, resource_type)?;
+        // The write itself must be allowed before the criteria run, or the
+        // response would reveal whether they match.
+        caller.require_type(resource_type, Interaction::Update)?;
         caller.require_type(resource_type, Interaction::Search)?;
-        let found = self.conditional_matches(tx, resource_type, query, 1)?;
+        let found = self.conditional_matches(tx, caller, resource_type, query, 1)?;
         let body_id = resource
             .get("id")
             .and_then(Value::as_str)
@@ -445,8 +468,9 @@ impl Engine {
         resource_type: &str,
         query: &str,
     ) -> FhirResult<WriteResult> {
+        caller.require_type(resource_type, Interaction::Delete)?;
         caller.require_type(resource_type, Interaction::Search)?;
-        let found = self.conditional_matches(tx, resource_type, query, 1)?;
+        let found = self.conditional_matches(tx, caller, resource_type, query, 1)?;
         match found.as_slice() {
             [] => Ok(WriteResult {
                 status: StatusCode::NO_CONTENT,

@@ -260,13 +260,33 @@ impl Reader<'_> {
     /// Returns the ordered keys (`pk`) of every resource matching the
     /// criteria and sort of `query`.
     pub(crate) fn matching_pks(&self, conn: &Connection, query: &SearchQuery) -> Result<Vec<i64>> {
+        self.matching_pks_visible(conn, query, None)
+    }
+
+    /// Like [`Self::matching_pks`]; with `visible`, a chained parameter
+    /// matches only target resources the caller may see, so a chain cannot
+    /// reveal the content of hidden resources.
+    pub(crate) fn matching_pks_visible(
+        &self,
+        conn: &Connection,
+        query: &SearchQuery,
+        visible: Option<Visibility<'_>>,
+    ) -> Result<Vec<i64>> {
         let mut resolve = |target_type: &str, criterion: &Criterion| -> Result<Vec<String>> {
             let nested = SearchQuery {
                 resource_type: Some(target_type.to_owned()),
                 criteria: vec![criterion.clone()],
                 ..SearchQuery::default()
             };
-            let pks = self.matching_pks(conn, &nested)?;
+            let mut pks = self.matching_pks_visible(conn, &nested, visible)?;
+            if let Some(visible) = visible {
+                pks = self
+                    .load(conn, &pks)?
+                    .into_iter()
+                    .filter(|(_, version)| visible(version))
+                    .map(|(pk, _)| pk)
+                    .collect();
+            }
             self.ids_of(conn, &pks)
         };
         let plan = search::plan(self.codec, query, &mut resolve)?;
@@ -377,7 +397,7 @@ impl Reader<'_> {
         page: &PageRequest,
         visible: Option<Visibility<'_>>,
     ) -> Result<SearchPage> {
-        let mut pks = self.matching_pks(conn, query)?;
+        let mut pks = self.matching_pks_visible(conn, query, visible)?;
         if let Some(visible) = visible {
             if pks.len() > self.max_scan {
                 return Err(StoreError::TooCostly(format!(
