@@ -794,6 +794,8 @@ async fn sign_in_and_tokens_are_audited() {
         page.contains("action=\"/oauth/mfa\""),
         "a wrong code: {page}"
     );
+    // Four failures on the account put it in a short back-off (1 s).
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let code = totp_code(&secret);
     let page = browser
         .post("/oauth/mfa", &[("csrf", &csrf), ("code", &code)])

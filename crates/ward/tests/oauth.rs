@@ -739,6 +739,51 @@ async fn wrong_password_then_lockout() {
 }
 
 #[tokio::test]
+async fn lockout_binds_to_the_attacking_address() {
+    let (server, user, _) = setup("patient", true).await;
+    let params = request_params(&server, "growth-chart", PATIENT_SCOPE);
+
+    // Failures from 127.0.0.1 lock that address out of the account.
+    let mut attacker = Browser::new(&server);
+    let page = attacker.authorize(&borrowed(&params)).await;
+    for _ in 0..12 {
+        attacker
+            .login(&page, &user.name, "not-the-password-1")
+            .await;
+    }
+    let locked = attacker.login(&page, &user.name, PASSWORD).await;
+    assert!(!locked.body.contains("action=\"/oauth/mfa\""));
+
+    // The user at another address is only delayed (the account-wide
+    // back-off is at most a minute), never locked out.
+    let pem = std::fs::read(server.data_dir().join("ca.pem")).expect("ca.pem");
+    let mut user_browser = Browser::new(&server);
+    user_browser.http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA"))
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client");
+    let deadline = std::time::Instant::now() + Duration::from_secs(100);
+    loop {
+        let page = user_browser.authorize(&borrowed(&params)).await;
+        let next = user_browser.login(&page, &user.name, PASSWORD).await;
+        if next.body.contains("action=\"/oauth/mfa\"") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the user stayed locked out: {}",
+            next.body
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+#[tokio::test]
 async fn disabled_user_is_locked_out() {
     let (server, mut user, patient) = setup("patient", true).await;
     let mut browser = Browser::new(&server);

@@ -22,13 +22,13 @@ use ward_auth::oauth::{
 };
 use ward_auth::password;
 use ward_auth::scopes::{Scope, ScopeContext, Scopes};
-use ward_auth::throttle::{Decision, Throttle, ThrottleState};
+use ward_auth::throttle::{Decision, Throttle, ThrottleConfig, ThrottleState};
 use ward_auth::totp::{self, TotpSecret};
 
 use super::html::{self, PENDING_COOKIE, Page, SESSION_COOKIE, escape, hidden};
 use super::identity::{
-    self, NS_CODE, NS_PENDING, NS_SESSION, NS_THROTTLE_ACCOUNT, NS_THROTTLE_SOURCE, NS_TOTP_STEP,
-    Session, UserRecord, digest_key, micros,
+    self, NS_CODE, NS_PENDING, NS_SESSION, NS_THROTTLE_ACCOUNT, NS_THROTTLE_PAIR,
+    NS_THROTTLE_SOURCE, NS_TOTP_STEP, Session, UserRecord, digest_key, micros,
 };
 use super::token::StoredCode;
 use super::{OAuthServer, blocking, server_of};
@@ -550,6 +550,33 @@ fn with_event(
     response
 }
 
+/// The account-wide throttle: back-off delays only, never a lock, so
+/// failures an attacker causes from elsewhere can slow a user down (by at
+/// most the maximum delay) but never lock them out. Locks apply to an
+/// account from one source address and to a source address as a whole.
+fn account_delays() -> Throttle {
+    Throttle::new(ThrottleConfig {
+        lock_threshold: u32::MAX,
+        ..ThrottleConfig::account()
+    })
+}
+
+/// The key of the throttle of one account from one source address.
+fn pair_key(store: &dyn ward_store::Store, username: &str, source: &str) -> String {
+    store.blind(
+        "account-source",
+        &format!("{}\n{source}", username.to_lowercase()),
+    )
+}
+
+/// Combines throttle decisions: denied when any denies.
+fn combine(first: Decision, second: Decision) -> Decision {
+    match first {
+        Decision::Allow => second,
+        denied => denied,
+    }
+}
+
 fn read_throttle(server: &OAuthServer, ns: &'static str, key: &str) -> ThrottleState {
     identity::read(server.store.as_ref(), ns, key)
         .ok()
@@ -580,14 +607,20 @@ fn sign_in(
     let now = OffsetDateTime::now_utc();
     let account_key = identity::username_key(store, username);
     let source_key = store.blind("source", source);
-    let account_throttle = Throttle::account();
+    let pair = pair_key(store, username, source);
+    let account_throttle = account_delays();
+    let pair_throttle = Throttle::account();
     let source_throttle = Throttle::source();
     let account_state = read_throttle(server, NS_THROTTLE_ACCOUNT, &account_key);
+    let pair_state = read_throttle(server, NS_THROTTLE_PAIR, &pair);
     let source_state = read_throttle(server, NS_THROTTLE_SOURCE, &source_key);
-    let decision = Throttle::check_both(
-        (&account_throttle, &account_state),
-        (&source_throttle, &source_state),
-        now,
+    let decision = combine(
+        Throttle::check_both(
+            (&account_throttle, &account_state),
+            (&source_throttle, &source_state),
+            now,
+        ),
+        pair_throttle.check(&pair_state, now),
     );
 
     let user = identity::find_user(store, username).ok().flatten();
@@ -612,17 +645,29 @@ fn sign_in(
         } else {
             "invalid_credentials"
         };
-        write_throttle(
-            server,
-            NS_THROTTLE_ACCOUNT,
-            &account_key,
-            &account_throttle.record_failure(&account_state, now),
-        );
+        // The account-wide back-off counts only attempts that were checked,
+        // so retries refused during a back-off (from anywhere) cannot
+        // extend it without end. The counters of this address count every
+        // attempt, so hammering locks out the address that hammers.
+        if matches!(decision, Decision::Allow) {
+            write_throttle(
+                server,
+                NS_THROTTLE_ACCOUNT,
+                &account_key,
+                &account_throttle.record_failure(&account_state, now),
+            );
+        }
         write_throttle(
             server,
             NS_THROTTLE_SOURCE,
             &source_key,
             &source_throttle.record_failure(&source_state, now),
+        );
+        write_throttle(
+            server,
+            NS_THROTTLE_PAIR,
+            &pair,
+            &pair_throttle.record_failure(&pair_state, now),
         );
         tracing::info!(target: "ward::auth", "password sign-in failed");
         let page = login_page(&pending, Some(SIGN_IN_FAILED)).into_response();
@@ -633,7 +678,8 @@ fn sign_in(
             Some(reason),
         );
     };
-    let _ = store.kv_delete(NS_THROTTLE_ACCOUNT, &account_key);
+    // The counters are cleared only after the second factor, so a known
+    // password does not reset the limit on guessing codes.
     pending.stage = Stage::Mfa {
         user_id: user.id.clone(),
     };
@@ -686,7 +732,7 @@ fn check_second_factor(
 fn second_factor(
     server: &OAuthServer,
     _: &HeaderMap,
-    _: &str,
+    source: &str,
     params: &Params,
     key: String,
     pending: Pending,
@@ -703,18 +749,24 @@ fn second_factor(
         return Page::error(StatusCode::BAD_REQUEST, EXPIRED).into_response();
     };
     let now = OffsetDateTime::now_utc();
+    // Code guesses lock the account: only someone who knows the password
+    // gets this far.
     let throttle = Throttle::account();
     let account_key = identity::username_key(store, &user.username);
     let throttle_state = read_throttle(server, NS_THROTTLE_ACCOUNT, &account_key);
     let allowed = matches!(throttle.check(&throttle_state, now), Decision::Allow);
     let code = params.get("code").unwrap_or("");
     if !allowed || !check_second_factor(server, &mut user, code, now) {
-        write_throttle(
-            server,
-            NS_THROTTLE_ACCOUNT,
-            &account_key,
-            &throttle.record_failure(&throttle_state, now),
-        );
+        // Only checked codes count, so retries during a back-off do not
+        // extend it.
+        if allowed {
+            write_throttle(
+                server,
+                NS_THROTTLE_ACCOUNT,
+                &account_key,
+                &throttle.record_failure(&throttle_state, now),
+            );
+        }
         tracing::info!(target: "ward::auth", "second-factor check failed");
         let reason = if allowed {
             "invalid_second_factor"
@@ -730,6 +782,7 @@ fn second_factor(
         );
     }
     let _ = store.kv_delete(NS_THROTTLE_ACCOUNT, &account_key);
+    let _ = store.kv_delete(NS_THROTTLE_PAIR, &pair_key(store, &user.username, source));
     open_session(server, &key, pending, &user, now)
 }
 

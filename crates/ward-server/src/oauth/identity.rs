@@ -31,6 +31,9 @@ pub const NS_CLIENT: &str = "auth.client";
 pub const NS_SESSION: &str = "auth.session";
 /// Per-account sign-in throttle states, by blinded user name.
 pub const NS_THROTTLE_ACCOUNT: &str = "auth.throttle_account";
+/// Per account and source address sign-in throttle states, by a blinded
+/// pair key.
+pub const NS_THROTTLE_PAIR: &str = "auth.throttle_pair";
 /// Per-source-address sign-in throttle states, by blinded address.
 pub const NS_THROTTLE_SOURCE: &str = "auth.throttle_source";
 /// TOTP steps already used, by `USER_ID.STEP`, so that two concurrent
