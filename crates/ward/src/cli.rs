@@ -151,7 +151,7 @@ pub enum KeysCommand {
 }
 
 /// The data directory option shared by every command.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct DataArgs {
     /// The data directory (keys, CA, database) [default: ./ward-data].
     #[arg(long, env = "WARD_DATA")]
@@ -168,7 +168,7 @@ impl DataArgs {
 }
 
 /// Options of `ward serve`.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
     /// The data directory.
     #[command(flatten)]

@@ -12,15 +12,8 @@ use crate::config::resolve;
 pub fn run(args: MigrateArgs) -> Result<()> {
     let serve_args = ServeArgs {
         data: args.data.clone(),
-        listen: None,
         database: args.database.clone(),
-        tls_cert: None,
-        tls_key: None,
-        base_url: None,
-        max_body_bytes: None,
-        shutdown_grace: None,
-        session_idle: None,
-        session_max: None,
+        ..ServeArgs::default()
     };
     let settings = resolve(&serve_args)?;
     match &settings.store {

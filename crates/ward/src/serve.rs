@@ -435,14 +435,8 @@ pub fn print_token(args: TokenArgs) -> Result<()> {
     let serve_args = ServeArgs {
         data: args.data.clone(),
         listen: std::env::var("WARD_LISTEN").ok(),
-        database: None,
-        tls_cert: None,
-        tls_key: None,
         base_url: std::env::var("WARD_BASE_URL").ok(),
-        max_body_bytes: None,
-        shutdown_grace: None,
-        session_idle: None,
-        session_max: None,
+        ..ServeArgs::default()
     };
     let mut settings = resolve(&serve_args)?;
     if serve_args.listen.is_none()

@@ -83,15 +83,8 @@ pub struct UserNameArgs {
 pub fn open_store(args: &StoreArgs) -> Result<Arc<dyn Store>> {
     let serve_args = ServeArgs {
         data: args.data.clone(),
-        listen: None,
         database: args.database.clone(),
-        tls_cert: None,
-        tls_key: None,
-        base_url: None,
-        max_body_bytes: None,
-        shutdown_grace: None,
-        session_idle: None,
-        session_max: None,
+        ..ServeArgs::default()
     };
     let settings = resolve(&serve_args)?;
     let dir = DataDir::new(&settings.data);
@@ -102,7 +95,7 @@ pub fn open_store(args: &StoreArgs) -> Result<Arc<dyn Store>> {
             settings.data.display()
         );
     }
-    let (keys, _) = dir.open_or_init("Ward organization")?;
+    let (keys, _) = dir.open_or_init(crate::serve::DEFAULT_ORG_NAME)?;
     ward_store::open(&settings.store, &keys.master)
         .with_context(|| format!("opening the database {}", settings.store.describe()))
 }

@@ -17,9 +17,6 @@ use zeroize::Zeroizing;
 use crate::cli::{DataArgs, ServeArgs};
 use crate::config::resolve;
 
-/// The organization name written into a new CA; `ward serve` uses the same.
-const DEFAULT_ORG_NAME: &str = "Ward organization";
-
 /// The FHIR media type.
 const FHIR_JSON: &str = "application/fhir+json";
 
@@ -127,15 +124,8 @@ impl Direct {
     pub fn open(data: &DataArgs) -> Result<Self> {
         let serve_args = ServeArgs {
             data: data.clone(),
-            listen: None,
             database: std::env::var("WARD_DATABASE").ok(),
-            tls_cert: None,
-            tls_key: None,
-            base_url: None,
-            max_body_bytes: None,
-            shutdown_grace: None,
-            session_idle: None,
-            session_max: None,
+            ..ServeArgs::default()
         };
         let mut settings = resolve(&serve_args)?;
         // Absolute `request.url` values are relative to the base the server
@@ -144,7 +134,7 @@ impl Direct {
             settings.origin = origin.trim().to_owned();
         }
         let (keys, _) = DataDir::new(&settings.data)
-            .open_or_init(DEFAULT_ORG_NAME)
+            .open_or_init(crate::serve::DEFAULT_ORG_NAME)
             .context("opening the data directory")?;
         let store = ward_store::open(&settings.store, &keys.master)
             .with_context(|| format!("opening the database {}", settings.store.describe()))?;
