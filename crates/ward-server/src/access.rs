@@ -29,7 +29,7 @@ use crate::error::{FhirError, FhirResult};
 /// The key-value namespace of break-the-glass grants, keyed by user id.
 pub const BREAK_GLASS_NS: &str = "break-glass";
 
-/// The most resources a care-team or consent lookup reads.
+/// The maximum number of resources a care-team or consent lookup reads.
 const MAX_LOOKUP: usize = 10_000;
 
 /// The loaded access policy.
@@ -161,7 +161,7 @@ fn lookup(
         .collect())
 }
 
-/// The Patient ids a reference list names.
+/// Returns the Patient ids that a list of references points to.
 fn patient_ids<'v>(values: impl Iterator<Item = &'v Value>) -> impl Iterator<Item = String> {
     values.filter_map(|v| {
         v.get("reference")
@@ -306,7 +306,7 @@ impl Caller<'_> {
         self.actor.network = network;
     }
 
-    /// Checks one resource: every patient whose compartment holds it must
+    /// Checks one resource: every patient whose compartment contains it must
     /// be accessible, and it must match a search restriction of the scope
     /// that allowed it, if any.
     pub fn check_resource(
@@ -435,13 +435,13 @@ impl Caller<'_> {
         &self.owner
     }
 
-    /// The caller's user id.
+    /// Returns the caller's user id.
     pub fn user_id(&self) -> &str {
         &self.subject.user_id
     }
 }
 
-/// The 404 a caller gets for a resource it may not see.
+/// Builds the 404 a caller gets for a resource it may not see.
 fn hidden(resource: &Value) -> FhirError {
     let resource_type = resource
         .get("resourceType")

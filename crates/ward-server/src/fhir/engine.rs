@@ -26,7 +26,7 @@ pub struct Limits {
     pub max_count: usize,
     /// How long a search result set stays available for paging, in seconds.
     pub snapshot_ttl_secs: i64,
-    /// The most entries a batch or transaction Bundle may hold.
+    /// The maximum number of entries in a batch or transaction Bundle.
     pub max_bundle_entries: usize,
 }
 
@@ -56,7 +56,8 @@ pub struct Engine {
     pub auditor: Arc<Auditor>,
 }
 
-/// The most candidates a conditional interaction checks for visibility.
+/// The maximum number of candidates a conditional interaction checks for
+/// visibility.
 const MAX_CONDITIONAL_CANDIDATES: usize = 1_000;
 
 /// The result of a write interaction.

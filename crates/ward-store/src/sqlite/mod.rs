@@ -60,7 +60,6 @@ pub struct SqliteStore {
     snapshots: Snapshots,
     clock: Mutex<i64>,
     max_scan: usize,
-    audit: Mutex<ward_audit::Appender>,
 }
 
 fn open_connection(path: &Path) -> Result<Connection> {
@@ -90,7 +89,9 @@ impl SqliteStore {
         for _ in 0..options.readers.max(1) {
             readers.push(Mutex::new(open_connection(&options.path)?));
         }
-        let audit = audit::load(&writer)?;
+        // A corrupt saved chain state fails here rather than at the first
+        // audited write.
+        audit::load(&writer)?;
         let last: i64 = writer.query_row(
             "SELECT COALESCE(MAX(last_updated), 0) FROM versions",
             [],
@@ -104,7 +105,6 @@ impl SqliteStore {
             snapshots: Snapshots::default(),
             clock: Mutex::new(last),
             max_scan: options.max_scan,
-            audit: Mutex::new(audit),
         })
     }
 
@@ -319,7 +319,6 @@ impl Store for SqliteStore {
             &self.codec,
             &self.clock,
             self.max_scan,
-            &self.audit,
         )?))
     }
 }

@@ -20,8 +20,6 @@ pub(crate) struct SqliteWriteTx<'a> {
     clock: &'a Mutex<i64>,
     max_scan: usize,
     open: bool,
-    /// The committed audit state, replaced by `audit_work` on commit.
-    audit: &'a Mutex<ward_audit::Appender>,
     /// The audit state with this transaction's records, once it has any.
     audit_work: Option<ward_audit::Appender>,
 }
@@ -40,7 +38,6 @@ impl<'a> SqliteWriteTx<'a> {
         codec: &'a ResourceCodec,
         clock: &'a Mutex<i64>,
         max_scan: usize,
-        audit: &'a Mutex<ward_audit::Appender>,
     ) -> Result<Self> {
         conn.execute_batch("BEGIN IMMEDIATE")?;
         Ok(Self {
@@ -49,7 +46,6 @@ impl<'a> SqliteWriteTx<'a> {
             clock,
             max_scan,
             open: true,
-            audit,
             audit_work: None,
         })
     }
@@ -374,9 +370,6 @@ impl WriteTx for SqliteWriteTx<'_> {
         }
         self.conn.execute_batch("COMMIT")?;
         self.open = false;
-        if let Some(work) = self.audit_work.take() {
-            *self.audit.lock() = work;
-        }
         Ok(())
     }
 }
