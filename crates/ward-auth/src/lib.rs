@@ -33,6 +33,7 @@
 //! AWS-LC does not implement it.
 
 mod base32;
+pub mod dpop;
 pub mod error;
 pub mod oauth;
 pub mod password;

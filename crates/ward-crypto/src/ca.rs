@@ -14,7 +14,7 @@ use rcgen::{
     SerialNumber, SubjectPublicKeyInfo,
 };
 use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer};
 use time::{Duration, OffsetDateTime};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::prelude::FromDer as _;
@@ -70,6 +70,20 @@ pub struct IssuedCertificate {
     pub key_pem: Zeroizing<String>,
     /// The leaf followed by the CA certificate, PEM, as TLS servers send it.
     pub chain_pem: String,
+}
+
+/// A device certificate issued from a CSR.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeviceCertificate {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The certificate, DER.
+    pub cert_der: CertificateDer<'static>,
+    /// The serial number, lower-case hex.
+    pub serial: String,
+    /// The end of the validity.
+    pub not_after: OffsetDateTime,
 }
 
 impl CertificateAuthority {
@@ -137,12 +151,9 @@ impl CertificateAuthority {
         let cert_der = parse_certificate_pem(cert_pem).map_err(invalid)?;
         let (cert_spki, not_after) = inspect_ca_certificate(&cert_der).map_err(invalid)?;
 
-        let pkcs8 = master.open_secret(SEALED_KEY_LABEL, sealed_key)?;
-        let key = KeyPair::from_pkcs8_der_and_sign_algo(
-            &PrivatePkcs8KeyDer::from(pkcs8.as_slice()),
-            &PKCS_ECDSA_P256_SHA256,
-        )
-        .map_err(|_| invalid("the sealed key is not a P-256 PKCS#8 private key"))?;
+        let der = master.open_secret(SEALED_KEY_LABEL, sealed_key)?;
+        let key = key_pair_from_der(der.as_slice())
+            .map_err(|_| invalid("the sealed key is not an ECDSA, Ed25519 or RSA private key"))?;
 
         // Built before the last check so that `Drop` wipes the key on failure.
         let ca = Self {
@@ -153,6 +164,62 @@ impl CertificateAuthority {
         };
         if ca.key.subject_public_key_info() != cert_spki {
             return Err(invalid("the certificate does not match the sealed key"));
+        }
+        Ok(ca)
+    }
+
+    /// Reseals a CA key sealed by [`CertificateAuthority::sealed_key`] under
+    /// the active key of `master`, for a master-key rotation.
+    ///
+    /// # Errors
+    ///
+    /// As [`MasterKey::reseal_secret`].
+    pub fn reseal_key(sealed_key: &SealedSecret, master: &MasterKey) -> Result<SealedSecret> {
+        master.reseal_secret(SEALED_KEY_LABEL, sealed_key)
+    }
+
+    /// Imports an existing CA from its certificate and private key, both
+    /// PEM, for organizations that run their own PKI. The key may be PKCS#8,
+    /// SEC1 (`EC PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE KEY`), for ECDSA
+    /// P-256 or P-384, Ed25519 or RSA. The CA may be an intermediate: device
+    /// and server certificates then chain to it, and clients trust it as
+    /// their anchor.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidCaCertificate`] when the certificate is not a CA
+    /// certificate, has expired, may not sign certificates (key usage
+    /// without keyCertSign), or does not belong to the key, or when the key
+    /// cannot be parsed.
+    pub fn import(cert_pem: &str, key_pem: &str) -> Result<Self> {
+        let invalid = |reason: &str| Error::InvalidCaCertificate {
+            reason: reason.to_owned(),
+        };
+        let cert_der = parse_certificate_pem(cert_pem).map_err(invalid)?;
+        let (cert_spki, not_after) = inspect_ca_certificate(&cert_der).map_err(invalid)?;
+        if not_after <= OffsetDateTime::now_utc() {
+            return Err(invalid("the CA certificate has expired"));
+        }
+        if key_pem.len() > MAX_PEM_LEN {
+            return Err(invalid("the key PEM is longer than 64 KiB"));
+        }
+        let key_der = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| {
+            invalid("expected a PEM `PRIVATE KEY`, `EC PRIVATE KEY` or `RSA PRIVATE KEY` block")
+        })?;
+        let key = KeyPair::try_from(&key_der).map_err(|_| {
+            invalid("the key is not an ECDSA P-256/P-384, Ed25519 or RSA private key")
+        })?;
+        let pem_block = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map(|der| crate::pem::encode_zeroizing("CERTIFICATE", der.as_ref()).to_string())
+            .map_err(|_| invalid("expected a PEM `CERTIFICATE` block"))?;
+        let ca = Self {
+            key,
+            cert_pem: pem_block,
+            cert_der,
+            not_after,
+        };
+        if ca.key.subject_public_key_info() != cert_spki {
+            return Err(invalid("the certificate does not match the key"));
         }
         Ok(ca)
     }
@@ -250,6 +317,58 @@ impl CertificateAuthority {
 
         let cert = params.signed_by(&public_key, &self.issuer()?)?;
         Ok(cert.pem())
+    }
+
+    /// Issues a device certificate for the public key in a PKCS#10 CSR.
+    ///
+    /// Like [`CertificateAuthority::issue_client_certificate`], the CSR's
+    /// signature is verified and only its public key is used. The
+    /// certificate has subject `CN=<device_id>`, the URI SAN `device_uri`
+    /// (`urn:ward:device:{id}`), extended key usage clientAuth, and is valid
+    /// for `validity` or until the CA expires, whichever is sooner.
+    ///
+    /// # Errors
+    ///
+    /// As [`CertificateAuthority::issue_client_certificate`], and
+    /// [`Error::InvalidCertificateRequest`] when `device_uri` is not ASCII.
+    pub fn issue_device_certificate(
+        &self,
+        csr_pem: &str,
+        device_id: &str,
+        device_uri: &str,
+        validity: Duration,
+    ) -> Result<DeviceCertificate> {
+        validate_name("device id", device_id)?;
+        if !validity.is_positive() {
+            return Err(Error::InvalidCertificateRequest {
+                reason: format!("validity must be positive, got {validity}"),
+            });
+        }
+        let uri = device_uri
+            .try_into()
+            .map_err(|_| Error::InvalidCertificateRequest {
+                reason: "the device URI must be ASCII".to_owned(),
+            })?;
+        let public_key = verified_csr_public_key(csr_pem)?;
+
+        let mut params = self.leaf_params(device_id, validity)?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let serial = params
+            .serial_number
+            .as_ref()
+            .map(|serial| hex(&serial.to_bytes()))
+            .unwrap_or_default();
+        let not_after = params.not_after;
+
+        let cert = params.signed_by(&public_key, &self.issuer()?)?;
+        Ok(DeviceCertificate {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            serial,
+            not_after,
+        })
     }
 
     /// Builds the parameters shared by every leaf: subject CN, serial,
@@ -405,6 +524,18 @@ fn random_serial() -> Result<SerialNumber> {
     Ok(SerialNumber::from_slice(&serial))
 }
 
+/// Parses a private key in PKCS#8, SEC1 or PKCS#1 DER and detects its
+/// algorithm.
+fn key_pair_from_der(der: &[u8]) -> std::result::Result<KeyPair, ()> {
+    let key = PrivateKeyDer::try_from(der).map_err(|_| ())?;
+    KeyPair::try_from(&key).map_err(|_| ())
+}
+
+/// Formats bytes as lower-case hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Decodes the first `CERTIFICATE` block of a PEM string.
 fn parse_certificate_pem(pem: &str) -> std::result::Result<CertificateDer<'static>, &'static str> {
     if pem.len() > MAX_PEM_LEN {
@@ -426,6 +557,11 @@ fn inspect_ca_certificate(
     let is_ca = matches!(cert.basic_constraints(), Ok(Some(constraints)) if constraints.value.ca);
     if !is_ca {
         return Err("the certificate is not a CA certificate");
+    }
+    if let Ok(Some(usage)) = cert.key_usage()
+        && !usage.value.key_cert_sign()
+    {
+        return Err("the certificate's key usage does not allow signing certificates");
     }
     Ok((
         cert.public_key().raw.to_vec(),

@@ -77,6 +77,24 @@ pub enum Error {
         found: KeyId,
     },
 
+    /// A backup file was sealed under another backup key than the data
+    /// directory's.
+    #[error(
+        "the backup was sealed under backup key {expected}, but this data directory's \
+         backup key is {found}; restore into a data directory holding the key files \
+         (master.key and backup.key.sealed) of the organization that made the backup"
+    )]
+    WrongBackupKey {
+        /// The backup key id recorded in the file.
+        expected: String,
+        /// The id of the backup key that was used to open it.
+        found: String,
+    },
+
+    /// Reading or writing a backup stream failed.
+    #[error("backup stream I/O failed: {0}")]
+    Stream(#[source] std::io::Error),
+
     /// Encoded data carries a format version this build does not know.
     #[error("unsupported {what} version {version}")]
     UnsupportedVersion {

@@ -11,7 +11,11 @@
 //!   96-bit random nonces and caller-chosen associated data.
 //! - Key hierarchy: a 32-byte [`MasterKey`] from a mode-0600 file or the
 //!   `WARD_MASTER_KEY` environment variable. HKDF-SHA256 derives separate
-//!   subkeys for wrapping data keys, sealing private keys and blind indexes.
+//!   subkeys for wrapping data keys and index keys and for sealing private
+//!   keys. The master key value doubles as a keyring that also holds retired
+//!   master keys during a rotation.
+//! - Backups: a separate [`BackupKey`] sealed under the master key; files are
+//!   chunked AES-256-GCM with a final-chunk flag (see [`backup`]).
 //! - Search: [`IndexKey::hash`] is HMAC-SHA256 truncated to 128 bits over a
 //!   length-prefixed domain and value.
 //! - Tokens: ECDSA P-256 with SHA-256 (JWS ES256), key id = RFC 7638
@@ -30,13 +34,15 @@
 //! Secret types wipe their bytes on drop and print `[redacted]` in `Debug`.
 //! Copies made inside AWS-LC or rcgen are outside this crate's control.
 
+pub mod backup;
 pub mod ca;
 pub mod error;
 pub mod keyring;
 mod pem;
 pub mod signing;
 
-pub use ca::{CertificateAuthority, IssuedCertificate};
+pub use backup::{BackupKey, BackupReader, BackupWriter};
+pub use ca::{CertificateAuthority, DeviceCertificate, IssuedCertificate};
 pub use error::{Error, Result};
 pub use keyring::{
     BLIND_HASH_LEN, DataKey, IndexKey, KeyId, MasterKey, SealedSecret, WrappedKey, constant_time_eq,

@@ -142,6 +142,16 @@ impl SigningKey {
         master.seal_secret(SEALED_KEY_LABEL, &self.pkcs8_der()?)
     }
 
+    /// Reseals a key sealed by [`SigningKey::sealed_key`] under the active
+    /// key of `master`, for a master-key rotation.
+    ///
+    /// # Errors
+    ///
+    /// As [`MasterKey::reseal_secret`].
+    pub fn reseal_key(sealed: &SealedSecret, master: &MasterKey) -> Result<SealedSecret> {
+        master.reseal_secret(SEALED_KEY_LABEL, sealed)
+    }
+
     /// Signs `message` and returns the 64-byte `r || s` form that JWS uses.
     ///
     /// # Errors

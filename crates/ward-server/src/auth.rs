@@ -1,15 +1,44 @@
 //! Access tokens: signed ES256 JWTs that carry SMART scopes, and the
 //! extraction of the caller from a request's `Authorization` header.
+//!
+//! A token may be bound to a key that its client has (`cnf` claim): to a TLS
+//! client certificate (`x5t#S256`, RFC 8705) or to a DPoP key (`jkt`,
+//! RFC 9449). [`authenticate_request`] accepts a bound token only with the
+//! proof of possession: the same certificate on the connection, or a valid
+//! DPoP proof under `Authorization: DPoP`.
 
 use std::collections::HashMap;
 
-use http::HeaderMap;
+use http::{HeaderMap, Method};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use ward_auth::dpop::{DpopError, DpopVerifier, ProofRequest};
 use zeroize::Zeroizing;
 
 use crate::error::FhirError;
 use crate::scopes::{Permission, Scopes};
+use crate::tls::ClientCertificate;
+
+/// The `DPoP` request header that carries a proof.
+pub const DPOP_HEADER: &str = "dpop";
+
+/// The key confirmation of a bound token (RFC 7800 `cnf`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Confirmation {
+    /// The SHA-256 thumbprint of the client certificate (RFC 8705).
+    #[serde(rename = "x5t#S256", default, skip_serializing_if = "Option::is_none")]
+    pub x5t_s256: Option<String>,
+    /// The JWK thumbprint of the DPoP key (RFC 9449).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
+}
+
+impl Confirmation {
+    /// Returns whether the confirmation names no key.
+    pub fn is_empty(&self) -> bool {
+        self.x5t_s256.is_none() && self.jkt.is_none()
+    }
+}
 
 /// The claims of a Ward access token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -41,6 +70,13 @@ pub struct AccessClaims {
     /// The OAuth client the token was issued to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// The key the token is bound to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+    /// The enrolled device the token was issued to (from its client
+    /// certificate), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// What a new access token grants.
@@ -58,6 +94,10 @@ pub struct Grant {
     pub fhir_user: Option<String>,
     /// The OAuth client.
     pub client_id: Option<String>,
+    /// The key to bind the token to.
+    pub cnf: Option<Confirmation>,
+    /// The enrolled device the token is for.
+    pub device: Option<String>,
 }
 
 /// Signs access tokens with the organization's token key.
@@ -107,6 +147,8 @@ impl TokenIssuer {
             role: grant.role.clone(),
             fhir_user: grant.fhir_user.clone(),
             client_id: grant.client_id.clone(),
+            cnf: grant.cnf.clone().filter(|cnf| !cnf.is_empty()),
+            device: grant.device.clone(),
         };
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
@@ -119,6 +161,8 @@ impl TokenIssuer {
 pub struct TokenVerifier {
     keys: HashMap<String, DecodingKey>,
     validation: Validation,
+    origin: String,
+    dpop: Option<DpopVerifier>,
 }
 
 impl TokenVerifier {
@@ -144,7 +188,28 @@ impl TokenVerifier {
         Ok(Self {
             keys: map,
             validation,
+            origin: issuer.trim_end_matches('/').to_owned(),
+            dpop: None,
         })
+    }
+
+    /// Enables DPoP: proofs are checked by `dpop`, at the token endpoint and
+    /// on resource requests. Without it, DPoP-bound tokens are rejected.
+    #[must_use]
+    pub fn with_dpop(mut self, dpop: DpopVerifier) -> Self {
+        self.dpop = Some(dpop);
+        self
+    }
+
+    /// Returns the DPoP proof verifier, when DPoP is enabled.
+    pub fn dpop(&self) -> Option<&DpopVerifier> {
+        self.dpop.as_ref()
+    }
+
+    /// Returns the server's public origin, such as `https://host:8443`,
+    /// which absolute request URIs (DPoP `htu`) start with.
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// Verifies a compact JWT and returns its claims.
@@ -195,6 +260,9 @@ pub struct Principal {
     pub client_id: Option<String>,
     /// When the token expires, in seconds since the Unix epoch.
     pub expires: i64,
+    /// The enrolled device the token is bound to. Callers check its
+    /// revocation and compliance with `device::gate::check`.
+    pub device: Option<String>,
 }
 
 impl Principal {
@@ -227,6 +295,7 @@ impl Principal {
             fhir_user: None,
             client_id: None,
             expires: i64::MAX,
+            device: None,
         }
     }
 
@@ -243,9 +312,84 @@ impl Principal {
     }
 }
 
-/// Reads the bearer token of a request and verifies it.
+/// The parts of a request that authentication reads.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestAuth<'a> {
+    /// The request method.
+    pub method: &'a Method,
+    /// The request path, such as `/fhir/Patient`; the query is ignored.
+    pub path: &'a str,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+    /// The client certificate of the TLS connection, if one was presented.
+    pub client_certificate: Option<&'a ClientCertificate>,
+}
+
+impl<'a> RequestAuth<'a> {
+    /// Reads method, path, headers and client certificate from `parts`.
+    pub fn from_parts(parts: &'a http::request::Parts) -> Self {
+        // Behind a nested router the URI is rewritten; the original is the
+        // one the client signed.
+        let path = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map_or_else(|| parts.uri.path(), |original| original.0.path());
+        Self {
+            method: &parts.method,
+            path,
+            headers: &parts.headers,
+            client_certificate: parts.extensions.get::<ClientCertificate>(),
+        }
+    }
+}
+
+/// Reads the access token of a request and verifies it, with its proof of
+/// possession when the token is bound to a certificate or a DPoP key.
+///
+/// A token bound to a certificate (`cnf.x5t#S256`) must arrive over a TLS
+/// connection that presents that certificate. A token bound to a DPoP key
+/// (`cnf.jkt`) must arrive as `Authorization: DPoP TOKEN` with a valid
+/// `DPoP` proof for this method and URI, signed by that key. An unbound
+/// token arrives as `Authorization: Bearer TOKEN`.
+///
+/// # Errors
+///
+/// 401 `invalid_token` for a bad, expired or misused token, 401
+/// `invalid_dpop_proof` or `use_dpop_nonce` (with a `DPoP-Nonce` header)
+/// for a failed proof.
+pub fn authenticate_request(
+    request: &RequestAuth<'_>,
+    verifier: &TokenVerifier,
+) -> Result<Principal, FhirError> {
+    let result = authenticate_token(request, verifier);
+    if result.is_err() {
+        let reason = if request.headers.contains_key(http::header::AUTHORIZATION) {
+            "invalid_token"
+        } else {
+            "missing_token"
+        };
+        crate::metrics::record_auth_failure(reason);
+    }
+    result
+}
+
+/// Reads the bearer token of a request and verifies it, for callers that
+/// see only the headers.
+///
+/// A token bound to a certificate or DPoP key is rejected here because its
+/// proof of possession cannot be checked; use [`authenticate_request`].
+///
+/// # Errors
+///
+/// 401 `invalid_token` for a bad, expired or bound token.
 pub fn authenticate(headers: &HeaderMap, verifier: &TokenVerifier) -> Result<Principal, FhirError> {
-    let result = authenticate_bearer(headers, verifier);
+    let request = RequestAuth {
+        method: &Method::GET,
+        path: "",
+        headers,
+        client_certificate: None,
+    };
+    let result = authenticate_bearer_only(&request, verifier);
     if result.is_err() {
         let reason = if headers.contains_key(http::header::AUTHORIZATION) {
             "invalid_token"
@@ -257,10 +401,15 @@ pub fn authenticate(headers: &HeaderMap, verifier: &TokenVerifier) -> Result<Pri
     result
 }
 
-fn authenticate_bearer(
-    headers: &HeaderMap,
-    verifier: &TokenVerifier,
-) -> Result<Principal, FhirError> {
+/// The scheme of an `Authorization` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Bearer,
+    Dpop,
+}
+
+/// Splits `Authorization: SCHEME TOKEN`.
+fn authorization(headers: &HeaderMap) -> Result<(Scheme, &str), FhirError> {
     let Some(value) = headers.get(http::header::AUTHORIZATION) else {
         return Err(FhirError::unauthorized(
             "",
@@ -270,17 +419,138 @@ fn authenticate_bearer(
     let value = value.to_str().map_err(|_| {
         FhirError::unauthorized("invalid_request", "malformed Authorization header")
     })?;
-    let token = match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-        _ => {
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+            Ok((Scheme::Bearer, token.trim()))
+        }
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("dpop") => {
+            Ok((Scheme::Dpop, token.trim()))
+        }
+        _ => Err(FhirError::unauthorized(
+            "invalid_request",
+            "Authorization header must use the Bearer or DPoP scheme",
+        )),
+    }
+}
+
+fn authenticate_bearer_only(
+    request: &RequestAuth<'_>,
+    verifier: &TokenVerifier,
+) -> Result<Principal, FhirError> {
+    let (scheme, token) = authorization(request.headers)?;
+    let claims = verifier.verify(token)?;
+    if scheme != Scheme::Bearer || claims.cnf.as_ref().is_some_and(|cnf| !cnf.is_empty()) {
+        return Err(FhirError::unauthorized(
+            "invalid_token",
+            "this endpoint accepts only unbound Bearer tokens",
+        ));
+    }
+    Ok(principal_of(claims))
+}
+
+fn authenticate_token(
+    request: &RequestAuth<'_>,
+    verifier: &TokenVerifier,
+) -> Result<Principal, FhirError> {
+    let (scheme, token) = authorization(request.headers)?;
+    let claims = verifier.verify(token)?;
+    let cnf = claims.cnf.clone().unwrap_or_default();
+
+    if let Some(expected) = &cnf.x5t_s256 {
+        let presented = request
+            .client_certificate
+            .map(|cert| cert.x5t_s256.as_str());
+        let matches = presented.is_some_and(|presented| {
+            ward_crypto::constant_time_eq(presented.as_bytes(), expected.as_bytes())
+        });
+        if !matches {
             return Err(FhirError::unauthorized(
-                "invalid_request",
-                "Authorization header must use the Bearer scheme",
+                "invalid_token",
+                "the token is bound to a client certificate; send it over a TLS connection that presents that certificate",
             ));
         }
+    }
+
+    match (&cnf.jkt, scheme) {
+        (Some(jkt), Scheme::Dpop) => check_dpop(request, verifier, token, jkt)?,
+        (Some(_), Scheme::Bearer) => {
+            return Err(FhirError::dpop_unauthorized(
+                "invalid_token",
+                "the token is bound to a DPoP key; send it as 'Authorization: DPoP TOKEN' with a DPoP proof",
+            ));
+        }
+        (None, Scheme::Dpop) => {
+            return Err(FhirError::dpop_unauthorized(
+                "invalid_token",
+                "the token is not bound to a DPoP key; send it as 'Authorization: Bearer TOKEN'",
+            ));
+        }
+        (None, Scheme::Bearer) => {}
+    }
+    Ok(principal_of(claims))
+}
+
+/// Verifies the request's DPoP proof for `token` and checks that it is
+/// signed by the key with thumbprint `jkt`.
+fn check_dpop(
+    request: &RequestAuth<'_>,
+    verifier: &TokenVerifier,
+    token: &str,
+    jkt: &str,
+) -> Result<(), FhirError> {
+    let Some(dpop) = verifier.dpop() else {
+        return Err(FhirError::unauthorized(
+            "invalid_token",
+            "this server does not accept DPoP-bound tokens",
+        ));
     };
-    let claims = verifier.verify(token)?;
-    Ok(Principal {
+    let proof = single_dpop_proof(request.headers)
+        .map_err(|why| FhirError::dpop_unauthorized("invalid_dpop_proof", why))?;
+    let uri = format!("{}{}", verifier.origin(), request.path);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let proof_request = ProofRequest {
+        method: request.method.as_str(),
+        uri: &uri,
+        access_token: Some(token),
+        now,
+    };
+    let verified = dpop
+        .verify(proof, &proof_request)
+        .map_err(|error| dpop_rejection(verifier, &error, now))?;
+    if !ward_crypto::constant_time_eq(verified.jkt.as_bytes(), jkt.as_bytes()) {
+        return Err(dpop_rejection(verifier, &DpopError::KeyMismatch, now));
+    }
+    Ok(())
+}
+
+/// Returns the one `DPoP` header of a request.
+///
+/// # Errors
+///
+/// A description of the problem when the header is missing, repeated or
+/// not ASCII.
+pub fn single_dpop_proof(headers: &HeaderMap) -> Result<&str, &'static str> {
+    let mut values = headers.get_all(DPOP_HEADER).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err("send exactly one DPoP header with a proof for this request");
+    };
+    value
+        .to_str()
+        .map_err(|_| "the DPoP header is not a compact JWT")
+}
+
+/// Builds the 401 for a failed DPoP proof; `use_dpop_nonce` carries a fresh
+/// nonce.
+fn dpop_rejection(verifier: &TokenVerifier, error: &DpopError, now: i64) -> FhirError {
+    let mut rejection = FhirError::dpop_unauthorized(error.error_code(), &error.to_string());
+    if *error == DpopError::UseNonce {
+        rejection.dpop_nonce = verifier.dpop().map(|dpop| dpop.nonce(now));
+    }
+    rejection
+}
+
+fn principal_of(claims: AccessClaims) -> Principal {
+    Principal {
         subject: claims.sub,
         scopes: Scopes::parse(&claims.scope),
         patient: claims.patient,
@@ -289,5 +559,6 @@ fn authenticate_bearer(
         fhir_user: claims.fhir_user,
         client_id: claims.client_id,
         expires: claims.exp,
-    })
+        device: claims.device,
+    }
 }

@@ -17,6 +17,8 @@ pub struct FhirError {
     pub outcome: OperationOutcome,
     /// A `WWW-Authenticate` challenge, for 401 and 403.
     pub challenge: Option<String>,
+    /// A `DPoP-Nonce` header value, sent with a `use_dpop_nonce` challenge.
+    pub dpop_nonce: Option<String>,
 }
 
 impl FhirError {
@@ -26,6 +28,7 @@ impl FhirError {
             status,
             outcome: OperationOutcome::error(code, diagnostics),
             challenge: None,
+            dpop_nonce: None,
         }
     }
 
@@ -35,6 +38,7 @@ impl FhirError {
             status,
             outcome,
             challenge: None,
+            dpop_nonce: None,
         }
     }
 
@@ -84,6 +88,17 @@ impl FhirError {
         if error.is_empty() {
             err.challenge = Some("Bearer realm=\"ward\"".into());
         }
+        err
+    }
+
+    /// 401 with a DPoP challenge (RFC 9449 section 7.1) naming the accepted
+    /// proof algorithms.
+    pub fn dpop_unauthorized(error: &str, description: &str) -> Self {
+        let mut err = Self::new(StatusCode::UNAUTHORIZED, IssueType::Login, description);
+        let algs = ward_auth::dpop::SUPPORTED_ALGORITHMS.join(" ");
+        err.challenge = Some(format!(
+            "DPoP algs=\"{algs}\", error=\"{error}\", error_description=\"{description}\""
+        ));
         err
     }
 
@@ -148,6 +163,11 @@ impl IntoResponse for FhirError {
             && let Ok(value) = HeaderValue::from_str(&challenge)
         {
             headers.insert(header::WWW_AUTHENTICATE, value);
+        }
+        if let Some(nonce) = self.dpop_nonce
+            && let Ok(value) = HeaderValue::from_str(&nonce)
+        {
+            headers.insert("dpop-nonce", value);
         }
         response
     }

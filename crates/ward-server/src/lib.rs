@@ -7,6 +7,7 @@
 pub mod access;
 pub mod audit;
 pub mod auth;
+pub mod device;
 pub mod error;
 pub mod fhir;
 pub mod metrics;
@@ -40,6 +41,9 @@ pub struct AppState {
     pub capability: Arc<Value>,
     /// The OAuth 2.0 authorization server, when this application runs one.
     pub oauth: Option<Arc<oauth::OAuthServer>>,
+    /// Device enrollment and the device CA, when this application enrolls
+    /// devices.
+    pub devices: Option<Arc<device::DeviceService>>,
 }
 
 impl AppState {
@@ -52,7 +56,14 @@ impl AppState {
             verifier,
             capability: Arc::new(capability),
             oauth: None,
+            devices: None,
         }
+    }
+
+    /// Adds device enrollment and the device endpoints.
+    pub fn with_devices(mut self, devices: Arc<device::DeviceService>) -> Self {
+        self.devices = Some(devices);
+        self
     }
 
     /// Adds the authorization server, whose endpoints the CapabilityStatement
@@ -76,6 +87,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", axum::routing::get(metrics_page))
         .merge(oauth::router())
         .merge(audit::routes::router())
+        .merge(device::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(security_headers))
@@ -99,11 +111,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 /// Renders the Prometheus metrics for a caller whose token carries the
 /// `metrics` scope.
-async fn metrics_page(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
+async fn metrics_page(
+    State(state): State<AppState>,
+    peer: audit::Peer,
+    headers: http::HeaderMap,
+) -> Response {
     let principal = match auth::authenticate(&headers, &state.verifier) {
         Ok(principal) => principal,
         Err(err) => return err.into_response(),
     };
+    // A token that names an enrolled device passes only while the device
+    // is active and compliant.
+    if let Err(err) = device::gate::check(&state, &principal, peer.0).await {
+        return err.into_response();
+    }
     if !principal.scopes.raw.iter().any(|s| s == "metrics") {
         return FhirError::forbidden("reading metrics needs the 'metrics' scope").into_response();
     }

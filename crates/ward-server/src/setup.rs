@@ -1,12 +1,14 @@
 //! The data directory: the master key, the organization's CA, the token
 //! signing key and the database, created on first use.
 //!
-//! Layout: `master.key` (mode 0600, unless `WARD_MASTER_KEY` supplies the
-//! key), `ca.pem` (the CA certificate clients trust), `ca.key.sealed` and
-//! `signing.key.sealed` and `audit.key.sealed` (private keys sealed under
-//! the master key), `audit-checkpoints.txt` (signed audit checkpoints),
-//! `server.pem` (the current server certificate chain; its key stays in
-//! memory) and `ward.db` (SQLite).
+//! Layout: `master.key` (the active master key, mode 0600, unless
+//! `WARD_MASTER_KEY` supplies it), `master-retired/KEYID.key` (master keys
+//! replaced by `ward keys rotate-master` and not yet retired), `ca.pem` (the
+//! CA certificate clients trust), `ca.key.sealed`, `signing.key.sealed`,
+//! `audit.key.sealed` and `backup.key.sealed` (keys sealed under the master
+//! key), `audit-checkpoints.txt` (signed audit checkpoints), `server.pem`
+//! (the current server certificate chain; its key stays in memory) and
+//! `ward.db` (SQLite).
 
 use std::fs;
 use std::io::Write;
@@ -14,7 +16,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
-use ward_crypto::{CertificateAuthority, IssuedCertificate, MasterKey, SealedSecret, SigningKey};
+use ward_crypto::{
+    BackupKey, CertificateAuthority, IssuedCertificate, KeyId, MasterKey, SealedSecret, SigningKey,
+};
 
 /// The environment variable that may hold the master key (base64).
 pub const MASTER_KEY_ENV: &str = "WARD_MASTER_KEY";
@@ -43,7 +47,12 @@ pub enum SetupError {
 
 /// The keys of an organization, loaded from its data directory.
 pub struct Keys {
-    /// The master key.
+    /// The master keyring: the active key and the retired ones.
+    ///
+    /// NOTE: a server loads it once at start and uses it only then, which is
+    /// why `ward keys rotate-master` does not disturb running servers. Code
+    /// that wraps or seals something later must load the keyring again
+    /// first, or it wraps under a key that a rotation may have retired.
     pub master: MasterKey,
     /// The certificate authority.
     pub ca: CertificateAuthority,
@@ -75,6 +84,25 @@ pub const RETIRED_KEY_TRUST_SECS: i64 = 25 * 3600;
 
 /// The file of retired signing keys (public halves only).
 const RETIRED_KEYS_FILE: &str = "signing-retired.json";
+
+/// The directory of master keys replaced by a rotation and not yet retired.
+const RETIRED_MASTER_DIR: &str = "master-retired";
+
+/// The sealed backup key.
+const BACKUP_KEY_FILE: &str = "backup.key.sealed";
+
+/// A function that reseals one sealed file of the data directory under a new
+/// master key.
+type Reseal = fn(&SealedSecret, &MasterKey) -> ward_crypto::Result<SealedSecret>;
+
+/// The sealed files a master-key rotation reseals, each with the function
+/// that opens it under its own label.
+const SEALED_FILES: &[(&str, Reseal)] = &[
+    ("ca.key.sealed", CertificateAuthority::reseal_key),
+    ("signing.key.sealed", SigningKey::reseal_key),
+    ("audit.key.sealed", SigningKey::reseal_key),
+    (BACKUP_KEY_FILE, BackupKey::reseal),
+];
 
 /// A data directory.
 #[derive(Debug, Clone)]
@@ -267,15 +295,130 @@ impl DataDir {
         self.path.join("audit-checkpoints.txt")
     }
 
-    /// Loads the master key from `WARD_MASTER_KEY` or `master.key`.
+    /// Loads the keyring: the active master key from `WARD_MASTER_KEY` or
+    /// `master.key`, and the retired keys in `master-retired/`.
     fn master_key(&self) -> Result<(MasterKey, bool), SetupError> {
         let path = self.path.join("master.key");
-        if let Ok(encoded) = std::env::var(MASTER_KEY_ENV) {
+        let (active, created) = if let Ok(encoded) = std::env::var(MASTER_KEY_ENV) {
             let key = MasterKey::from_base64(encoded.trim())
                 .map_err(crypto_err(Path::new(MASTER_KEY_ENV)))?;
-            return Ok((key, false));
+            (key, false)
+        } else {
+            MasterKey::load_or_create(&path).map_err(crypto_err(&path))?
+        };
+        Ok((active.with_retired(self.retired_master_keys()?), created))
+    }
+
+    /// Loads every key in `master-retired/`.
+    fn retired_master_keys(&self) -> Result<Vec<MasterKey>, SetupError> {
+        let dir = self.path.join(RETIRED_MASTER_DIR);
+        if !dir.exists() {
+            return Ok(Vec::new());
         }
-        MasterKey::load_or_create(&path).map_err(crypto_err(&path))
+        let mut keys = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let path = entry.map_err(io_err(&dir))?.path();
+            if path.extension().is_some_and(|ext| ext == "key") {
+                keys.push(MasterKey::load(&path).map_err(crypto_err(&path))?);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// True when the active master key comes from `WARD_MASTER_KEY`.
+    pub fn master_key_from_env(&self) -> bool {
+        std::env::var_os(MASTER_KEY_ENV).is_some()
+    }
+
+    /// Makes a new active master key and keeps the current one as retired,
+    /// so both open everything until [`DataDir::reseal_files`] and the store
+    /// rewrap have moved every wrapped key. Returns the new keyring.
+    ///
+    /// With a key file, the current key is copied to
+    /// `master-retired/KEYID.key` before `master.key` is replaced, so a crash
+    /// in between loses no key. With `WARD_MASTER_KEY`, the new key goes to
+    /// `new_key_file` (created with mode 0600, never overwritten) and the
+    /// current key stays only in the environment.
+    pub fn rotate_master_key(
+        &self,
+        current: &MasterKey,
+        new_key_file: Option<&Path>,
+    ) -> Result<MasterKey, SetupError> {
+        let fresh = MasterKey::generate().map_err(crypto_err(&self.path))?;
+        let mut retired = self.retired_master_keys()?;
+        retired.push(MasterKey::from_base64(&current.encode()).map_err(crypto_err(&self.path))?);
+        if let Some(target) = new_key_file {
+            write_new_private(target, fresh.encode().as_bytes())?;
+        } else {
+            let dir = self.path.join(RETIRED_MASTER_DIR);
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(io_err(&dir))?;
+            let kept = dir.join(format!("{}.key", current.id()));
+            write_atomic(&kept, format!("{}\n", *current.encode()).as_bytes(), 0o600)?;
+            let path = self.path.join("master.key");
+            write_atomic(&path, format!("{}\n", *fresh.encode()).as_bytes(), 0o600)?;
+        }
+        let encoded = fresh.encode();
+        let fresh = MasterKey::from_base64(&encoded).map_err(crypto_err(&self.path))?;
+        Ok(fresh.with_retired(retired))
+    }
+
+    /// Reseals every sealed key file under the active key of `master`.
+    /// Returns the files rewritten; files already under it are left alone.
+    pub fn reseal_files(&self, master: &MasterKey) -> Result<Vec<PathBuf>, SetupError> {
+        let mut rewritten = Vec::new();
+        for (name, reseal) in SEALED_FILES {
+            let path = self.path.join(name);
+            if !path.exists() {
+                continue;
+            }
+            let sealed = read_sealed(&path)?;
+            if sealed.master_key_id() == master.id() {
+                continue;
+            }
+            let fresh = reseal(&sealed, master).map_err(crypto_err(&path))?;
+            write_atomic(&path, fresh.as_str().as_bytes(), 0o600)?;
+            rewritten.push(path);
+        }
+        Ok(rewritten)
+    }
+
+    /// Lists every `*.sealed` file of the data directory sealed under `id`,
+    /// including files a rotation does not know how to reseal.
+    pub fn sealed_files_under(&self, id: KeyId) -> Result<Vec<PathBuf>, SetupError> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&self.path).map_err(io_err(&self.path))? {
+            let path = entry.map_err(io_err(&self.path))?.path();
+            if path.extension().is_some_and(|ext| ext == "sealed")
+                && read_sealed(&path)?.master_key_id() == id
+            {
+                found.push(path);
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// Returns the file of a retired master key, if the data directory has it.
+    pub fn retired_master_key_path(&self, id: &str) -> Option<PathBuf> {
+        let path = self.path.join(RETIRED_MASTER_DIR).join(format!("{id}.key"));
+        path.exists().then_some(path)
+    }
+
+    /// Loads the backup key, `backup.key.sealed`, creating it on first use.
+    pub fn backup_key(&self, master: &MasterKey) -> Result<BackupKey, SetupError> {
+        let path = self.path.join(BACKUP_KEY_FILE);
+        if path.exists() {
+            let sealed = read_sealed(&path)?;
+            return BackupKey::from_sealed(&sealed, master).map_err(crypto_err(&path));
+        }
+        let key = BackupKey::generate().map_err(crypto_err(&path))?;
+        let sealed = key.sealed(master).map_err(crypto_err(&path))?;
+        write_atomic(&path, sealed.as_str().as_bytes(), 0o600)?;
+        Ok(key)
     }
 
     /// Issues a fresh server certificate for `names` and records its chain
@@ -293,6 +436,19 @@ impl DataDir {
         write_atomic(&path, issued.chain_pem.as_bytes(), 0o644)?;
         Ok(issued)
     }
+}
+
+/// Creates `path` with `contents` and mode 0600, failing if it exists.
+fn write_new_private(path: &Path, contents: &[u8]) -> Result<(), SetupError> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))?;
+    file.write_all(contents).map_err(io_err(path))?;
+    file.write_all(b"\n").map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))
 }
 
 fn read_sealed(path: &Path) -> Result<SealedSecret, SetupError> {

@@ -12,6 +12,7 @@
 //! locator. All calls are synchronous: async callers run them on a blocking
 //! thread.
 
+pub mod backup;
 mod codec;
 mod error;
 mod index;

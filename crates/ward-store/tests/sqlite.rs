@@ -609,7 +609,7 @@ fn postgres_schema_is_checked_and_migrated() {
     if last >= 2 {
         let sql = format!(
             "DELETE FROM schema_migrations WHERE version = {last}; \
-             DROP TABLE audit_log, audit_patient, audit_state"
+             DROP TABLE store_keys"
         );
         pg_run(&db.url(), &sql).unwrap();
         let Err(StoreError::Database(message)) =

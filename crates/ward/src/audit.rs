@@ -185,6 +185,41 @@ fn verify(args: &AuditVerifyArgs) -> Result<()> {
     }
 }
 
+/// Verifies the whole log of `store` as `ward audit verify` does, against
+/// the checkpoints in `checkpoints` that cover at most `max_size` records,
+/// and returns the summary line. `ward restore` runs it on the restored
+/// store, which may be older than the newest checkpoints.
+pub(crate) fn verify_whole_log(
+    store: &dyn Store,
+    key: &SigningKey,
+    checkpoints: &std::path::Path,
+    max_size: u64,
+) -> Result<String> {
+    let mut checkpoints: Vec<Checkpoint> = if checkpoints.exists() {
+        read_file(checkpoints).with_context(|| format!("reading {}", checkpoints.display()))?
+    } else {
+        Vec::new()
+    };
+    checkpoints.retain(|checkpoint| checkpoint.tree_size <= max_size);
+    let origin = origin_for(key);
+    let log_key = log_key(&origin, key);
+    let error = RefCell::new(None);
+    let report = verify_log(rows(store, 0, &error), &checkpoints, &log_key);
+    if let Some(error) = error.take() {
+        bail!("reading the audit log failed: {error}");
+    }
+    match report {
+        VerifyReport::Valid(summary) => {
+            check_patient_index(store)?;
+            Ok(format!(
+                "audit log verified: {} records, {} checkpoints, {} records after the newest checkpoint",
+                summary.tree_size, summary.checkpoints, summary.uncovered
+            ))
+        }
+        VerifyReport::Invalid(problem) => bail!("audit log verification failed: {problem}"),
+    }
+}
+
 /// Checks the per-patient index (used by `AuditEvent?patient=` and
 /// `$disclosures`) against the hash-chained records it is derived from, so
 /// rows removed from or added to the index are caught like changes to the

@@ -19,23 +19,29 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the FHIR server over HTTPS.
-    Serve(ServeCommand),
-    /// Print the organization's CA certificate (PEM), the one clients trust.
-    Ca(DataArgs),
+    Serve(Box<ServeCommand>),
+    /// Print the organization's CA certificate (PEM), the one clients trust, or import an existing CA.
+    Ca(crate::device::CaArgs),
     /// Print a signed access token for administrators and scripts.
     Token(TokenArgs),
     /// Load FHIR Bundles and NDJSON files into the store.
     Import(ImportArgs),
     /// Manage the users who sign in to SMART apps.
     User(crate::user::UserArgs),
+    /// Manage enrolled devices: enrollment codes, revocation, wipe and the lost-device report.
+    Device(crate::device::DeviceArgs),
     /// Manage the OAuth clients (SMART apps and backend services).
     Client(crate::client::ClientArgs),
     /// Bring a PostgreSQL database's schema up to date.
     Migrate(MigrateArgs),
     /// Verify or export the tamper-evident audit log.
     Audit(AuditArgs),
-    /// Rotate the access-token signing key (restart the servers afterwards).
+    /// Rotate the token signing key or the master key, and retire old master keys.
     Keys(KeysArgs),
+    /// Write an encrypted, integrity-checked backup of the store while servers keep running.
+    Backup(crate::backup::BackupArgs),
+    /// Restore a backup into an empty store, then verify it.
+    Restore(crate::backup::RestoreArgs),
 }
 
 /// `ward serve`: the server options and the audit options.
@@ -58,7 +64,7 @@ pub struct AuditServeArgs {
     /// POST each security alert as JSON to this https:// URL.
     #[arg(long, env = "WARD_ALERT_WEBHOOK")]
     pub alert_webhook: Option<String>,
-    /// A PEM CA certificate that the certificates of the syslog collector and the alert webhook chain to; the system roots are never used, so --siem-syslog and --alert-webhook need it.
+    /// A PEM CA certificate that the certificates of the syslog collector and the alert webhook chain to; the system roots are never used, so --siem-syslog, --siem-https and --alert-webhook need it.
     #[arg(long, env = "WARD_SIEM_CA")]
     pub siem_ca: Option<PathBuf>,
     /// Export every audit record as RFC 5424 syslog over TLS (RFC 5425 framing) to this HOST:PORT; HOST is also the TLS server name.
@@ -67,6 +73,9 @@ pub struct AuditServeArgs {
     /// Append every audit record as one AuditEvent JSON line to this file, synced to disk after each batch.
     #[arg(long, env = "WARD_SIEM_JSONL", value_name = "FILE")]
     pub siem_jsonl: Option<PathBuf>,
+    /// POST every audit record as one AuditEvent JSON line, in batches, to this https:// URL of a collector; a 2xx answer acknowledges a batch. The collector's certificate must chain to --siem-ca; a bearer token for it is read from WARD_SIEM_HTTPS_TOKEN.
+    #[arg(long, env = "WARD_SIEM_HTTPS", value_name = "URL")]
+    pub siem_https: Option<String>,
     /// Raise the export backlog alert when a SIEM export is more than this many records behind...
     #[arg(long, env = "WARD_SIEM_BACKLOG_RECORDS", default_value_t = 10_000)]
     pub siem_backlog_records: u64,
@@ -147,7 +156,12 @@ pub struct KeysArgs {
 pub enum KeysCommand {
     /// Make a new access-token signing key. Tokens signed by the old key
     /// stay valid until they expire; servers use the new key once restarted.
-    RotateSigning(DataArgs),
+    RotateSigning(AuditStoreArgs),
+    /// Make a new master key and rewrap every key under it while servers
+    /// keep running; the old key stays in master-retired/ until retired.
+    RotateMaster(crate::keys::RotateMasterArgs),
+    /// Delete a retired master key once nothing is wrapped under it any more.
+    RetireMaster(crate::keys::RetireMasterArgs),
 }
 
 /// The data directory option shared by every command.

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use ward_audit::record::{Action, Subtype};
 use ward_server::oauth::identity::{self, NewClient};
 
+use crate::admin_audit::record_change;
 use crate::user::{StoreArgs, open_store};
 
 /// Options of `ward client`.
@@ -83,6 +85,16 @@ fn add(args: &ClientAddArgs) -> Result<()> {
     let store = open_store(&args.store)?;
     let (record, secret) = identity::register_client(store.as_ref(), &new)
         .with_context(|| format!("registering the client {}", args.id))?;
+    record_change(
+        store.as_ref(),
+        "client_registered",
+        Subtype::SecurityConfiguration,
+        Action::Create,
+        &[
+            ("client", &record.client.client_id),
+            ("scope", &record.client.allowed_scope),
+        ],
+    )?;
     let method = serde_json::to_value(record.client.auth_method)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))

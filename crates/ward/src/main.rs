@@ -2,11 +2,15 @@
 //! the CA certificate, mints access tokens, imports FHIR data, migrates
 //! PostgreSQL databases and verifies the audit log.
 
+mod admin_audit;
 mod audit;
+mod backup;
 mod cli;
 mod client;
 mod config;
+mod device;
 mod import;
+mod keys;
 mod migrate;
 mod serve;
 mod user;
@@ -19,15 +23,18 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
-        Command::Ca(args) => serve::print_ca(args),
+        Command::Serve(args) => serve::run(*args),
+        Command::Ca(args) => device::run_ca(args),
         Command::Token(args) => serve::print_token(args),
         Command::Import(args) => import::run(args),
         Command::User(args) => user::run(args),
+        Command::Device(args) => device::run(args),
         Command::Client(args) => client::run(args),
         Command::Migrate(args) => migrate::run(args),
         Command::Audit(args) => audit::run(args),
         Command::Keys(args) => serve::run_keys(args),
+        Command::Backup(args) => backup::run_backup(&args),
+        Command::Restore(args) => backup::run_restore(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

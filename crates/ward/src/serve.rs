@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use axum_server::tls_rustls::RustlsConfig;
+use ward_auth::dpop::DpopVerifier;
 use ward_server::access::Access;
 use ward_server::audit::alerts::{self, Alerts, Webhook};
 use ward_server::audit::checkpoints::{self, Checkpointer};
@@ -15,7 +16,7 @@ use ward_server::auth::{Grant, TokenIssuer, TokenVerifier};
 use ward_server::fhir::engine::{Engine, Limits};
 use ward_server::oauth::{OAuthServer, OAuthSettings};
 use ward_server::setup::{DataDir, Keys};
-use ward_server::tls::{CertFiles, server_config};
+use ward_server::tls::{CertFiles, client_roots_from_pem, server_config};
 use ward_server::{AppState, app};
 use ward_store::Store;
 
@@ -91,6 +92,18 @@ fn start_siem_exports(
         let path = std::path::absolute(path)
             .with_context(|| format!("resolving --siem-jsonl {}", path.display()))?;
         destinations.push(Destination::Jsonl { path });
+    }
+    if let Some(url) = &args.siem_https {
+        let Some(ca) = &args.siem_ca else {
+            bail!("--siem-https needs --siem-ca, the CA certificate of the collector");
+        };
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        let token = std::env::var("WARD_SIEM_HTTPS_TOKEN")
+            .ok()
+            .filter(|token| !token.is_empty());
+        destinations.push(
+            Destination::https(url, &pem, token).with_context(|| format!("--siem-https {url}"))?,
+        );
     }
     let backlog = BacklogAlert {
         records: args.siem_backlog_records,
@@ -192,8 +205,18 @@ pub fn verifier(settings: &Settings, keys: &Keys) -> Result<TokenVerifier> {
     for retired in &keys.retired_signing {
         public.push((retired.kid.clone(), retired.x.clone(), retired.y.clone()));
     }
-    TokenVerifier::new(&public, &settings.origin, &settings.fhir_base())
-        .context("loading the token verification key")
+    // Every replica derives the same DPoP nonce key from the master key, so
+    // a nonce one replica issues is accepted by all of them.
+    // NOTE: after `ward keys rotate-master`, replicas still running on the
+    // old master key issue nonces the restarted ones reject (clients get
+    // `use_dpop_nonce` and retry) until every replica has restarted.
+    let nonce_key = keys
+        .master
+        .derived_index_key()
+        .hash("ward-dpop-nonce-key", "v1");
+    let verifier = TokenVerifier::new(&public, &settings.origin, &settings.fhir_base())
+        .context("loading the token verification key")?;
+    Ok(verifier.with_dpop(DpopVerifier::new(&nonce_key)))
 }
 
 async fn serve(settings: Settings, audit_args: AuditServeArgs) -> Result<()> {
@@ -225,6 +248,10 @@ async fn serve(settings: Settings, audit_args: AuditServeArgs) -> Result<()> {
         access: load_access(&settings)?,
         auditor: auditor.clone(),
     });
+    let policy_path = settings.data.join("policy.toml");
+    tokio::task::block_in_place(|| {
+        crate::admin_audit::record_policy(store.as_ref(), &policy_path)
+    })?;
     let verifier = Arc::new(verifier(&settings, &keys)?);
     let oauth_settings = OAuthSettings::new(&settings.origin, &settings.fhir_base())
         .with_session_timeouts(settings.session_idle, settings.session_max);
@@ -236,13 +263,20 @@ async fn serve(settings: Settings, audit_args: AuditServeArgs) -> Result<()> {
     )
     .context("loading the token signing key")?
     .with_retired_keys(keys.retired_signing.iter().map(|k| k.jwk.clone()).collect());
-    let state = AppState::new(engine, verifier).with_oauth(Arc::new(oauth));
+    let devices = crate::device::service(&settings, &keys)?;
+    let state = AppState::new(engine, verifier)
+        .with_oauth(Arc::new(oauth))
+        .with_devices(devices);
 
+    // Client certificates (devices) must chain to the organization CA.
+    let client_roots = client_roots_from_pem(keys.ca.to_pem().as_bytes())
+        .context("loading the organization CA as the client certificate root")?;
     let tls = match &settings.tls {
         Some((cert, key)) => {
             let files = CertFiles {
                 cert: cert.clone(),
                 key: key.clone(),
+                client_roots: Some(client_roots.clone()),
             };
             let config = RustlsConfig::from_config(Arc::new(
                 files.load().context("loading --tls-cert and --tls-key")?,
@@ -265,7 +299,11 @@ async fn serve(settings: Settings, audit_args: AuditServeArgs) -> Result<()> {
             let issued = data
                 .issue_server_certificate(&keys, &names)
                 .context("issuing the server certificate")?;
-            let config = server_config(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())?;
+            let config = server_config(
+                issued.chain_pem.as_bytes(),
+                issued.key_pem.as_bytes(),
+                Some(&client_roots),
+            )?;
             RustlsConfig::from_config(Arc::new(config))
         }
     };
@@ -280,7 +318,7 @@ async fn serve(settings: Settings, audit_args: AuditServeArgs) -> Result<()> {
     let grace = Duration::from_secs(settings.shutdown_grace);
     tokio::spawn(shutdown_on_signal(handle.clone(), grace));
 
-    let server = axum_server::bind_rustls(addr, tls)
+    let server = ward_server::tls::bind(addr, tls)
         .handle(handle.clone())
         .serve(app(state).into_make_service_with_connect_info::<SocketAddr>());
     let listening = handle.clone();
@@ -334,24 +372,9 @@ async fn shutdown_on_signal(handle: axum_server::Handle<SocketAddr>, grace: Dura
 /// `ward keys`.
 pub fn run_keys(args: crate::cli::KeysArgs) -> Result<()> {
     match args.command {
-        crate::cli::KeysCommand::RotateSigning(data) => {
-            let dir = DataDir::new(data.dir());
-            if !dir.exists() {
-                bail!(
-                    "no data directory at {}; run 'ward serve --data {}' once to create it",
-                    data.dir().display(),
-                    data.dir().display()
-                );
-            }
-            let (keys, _) = dir.open_or_init(DEFAULT_ORG_NAME)?;
-            let old = keys.signing.kid().to_owned();
-            let new = dir.rotate_signing_key(&keys)?;
-            println!("new signing key: {new}");
-            println!(
-                "retired key {old} stays trusted for tokens it signed; restart the servers to sign with the new key"
-            );
-            Ok(())
-        }
+        crate::cli::KeysCommand::RotateSigning(args) => crate::keys::rotate_signing(&args),
+        crate::cli::KeysCommand::RotateMaster(args) => crate::keys::rotate_master(&args),
+        crate::cli::KeysCommand::RetireMaster(args) => crate::keys::retire_master(&args),
     }
 }
 
@@ -467,6 +490,7 @@ pub fn print_token(args: TokenArgs) -> Result<()> {
         role: args.role.clone(),
         fhir_user: args.fhir_user.clone(),
         client_id: None,
+        ..Grant::default()
     };
     let token = issuer.issue(&grant, ttl).context("signing the token")?;
     println!("{token}");

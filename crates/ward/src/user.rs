@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use ward_audit::record::{Action, Subtype};
 use ward_server::oauth::TOTP_ISSUER;
 use ward_server::oauth::identity::{self, Enrollment, NewUser};
 use ward_server::setup::DataDir;
 use ward_store::Store;
 use zeroize::Zeroizing;
 
+use crate::admin_audit::record_change;
 use crate::cli::{DataArgs, ServeArgs};
 use crate::config::resolve;
 
@@ -133,6 +135,17 @@ fn add(args: &UserAddArgs) -> Result<()> {
     };
     let enrollment = identity::create_user(store.as_ref(), &new, TOTP_ISSUER)
         .with_context(|| format!("adding the user {}", args.username))?;
+    record_change(
+        store.as_ref(),
+        "user_added",
+        Subtype::UserSecurityAttributesChanged,
+        Action::Create,
+        &[
+            ("user", &enrollment.user_id),
+            ("username", &args.username),
+            ("role", &args.role),
+        ],
+    )?;
     println!(
         "Created user {} (id {}) with role {}.",
         args.username, enrollment.user_id, args.role
@@ -188,6 +201,13 @@ fn disable(args: &UserNameArgs) -> Result<()> {
     let store = open_store(&args.store)?;
     let revoked = identity::disable_user(store.as_ref(), &args.username)
         .with_context(|| format!("disabling the user {}", args.username))?;
+    record_change(
+        store.as_ref(),
+        "user_disabled",
+        Subtype::UserSecurityAttributesChanged,
+        Action::Update,
+        &[("username", &args.username)],
+    )?;
     println!(
         "Disabled {}: ended {} session(s) and revoked {} refresh token famil{}.",
         args.username,
@@ -202,6 +222,13 @@ fn reset_mfa(args: &UserNameArgs) -> Result<()> {
     let store = open_store(&args.store)?;
     let enrollment = identity::reset_mfa(store.as_ref(), &args.username, TOTP_ISSUER)
         .with_context(|| format!("resetting the second factor of {}", args.username))?;
+    record_change(
+        store.as_ref(),
+        "user_mfa_reset",
+        Subtype::UserSecurityAttributesChanged,
+        Action::Update,
+        &[("username", &args.username)],
+    )?;
     println!(
         "New second factor for {}; removed {} passkey(s).",
         args.username, enrollment.passkeys_removed

@@ -686,3 +686,37 @@ async fn care_team_without_status_counts() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn filtered_history_shows_visible_deletions() {
+    let world = world().await;
+    let server = &world.admin.server;
+    let (status, _, body) = server
+        .delete(&format!("/Observation/{}", world.obs1), &world.admin.token)
+        .await;
+    assert!(status.is_success(), "{body}");
+    let (status, _, body) = server
+        .delete(&format!("/Observation/{}", world.obs2), &world.admin.token)
+        .await;
+    assert!(status.is_success(), "{body}");
+
+    let token = user_token(
+        &world,
+        "user/Observation.rs",
+        "physician",
+        "Practitioner/d1",
+        None,
+    );
+    let (status, _, body) = server.get("/Observation/_history", &token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let deletions: Vec<String> = entries(&body)
+        .iter()
+        .filter(|entry| entry["request"]["method"] == "DELETE")
+        .filter_map(|entry| entry["request"]["url"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        deletions,
+        vec![format!("Observation/{}", world.obs1)],
+        "the care-team patient's deletion is shown, the other patient's is not"
+    );
+}

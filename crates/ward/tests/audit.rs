@@ -854,6 +854,24 @@ async fn sign_in_and_tokens_are_audited() {
         .await;
     assert_eq!(response.expect("revoke").status(), StatusCode::OK);
 
+    // Signing out ends the web session: the next authorization asks for
+    // the password again. A post from another site's page is rejected.
+    let foreign = browser
+        .http
+        .post(format!("{}/oauth/logout", server.origin()))
+        .header(reqwest::header::ORIGIN, "https://attacker.example");
+    let (status, _, _) = browser.send(foreign).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let page = browser.post("/oauth/logout", &[]).await;
+    assert!(page.contains("You are signed out"), "{page}");
+    let request = browser
+        .http
+        .get(format!("{}/oauth/authorize", server.origin()))
+        .query(&params);
+    let (status, _, page) = browser.send(request).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("action=\"/oauth/login\""), "{page}");
+
     let events = all_events(&server).await;
     let text = Value::Array(events.clone()).to_string();
     for secret_text in [
@@ -898,6 +916,13 @@ async fn sign_in_and_tokens_are_audited() {
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert_eq!(rejected[0]["outcomeDesc"], "invalid_grant");
     assert_eq!(with_detail(&events, "event", "tokenrevoked").len(), 1);
+    let signed_out = with_detail(&events, "event", "signout");
+    assert_eq!(signed_out.len(), 1, "{signed_out:?}");
+    assert_eq!(signed_out[0]["subtype"][0]["code"], "110123", "Logout");
+    assert_eq!(
+        signed_out[0]["agent"][0]["who"], signed_in[0]["agent"][0]["who"],
+        "the sign-out names the user who signed in"
+    );
     let alerts = with_detail(&events, "alert", "sign_in_failures");
     assert!(!alerts.is_empty(), "an alert record");
     assert!(alerts.iter().all(|e| e["type"]["code"] == "110113"));
@@ -1069,4 +1094,79 @@ async fn alerts_reach_log_audit_and_webhook() {
     let glass = with_detail(&events, "alert", "break_the_glass");
     assert_eq!(glass.len(), 1, "{glass:?}");
     assert!(names_agent(glass[0], "doctor-7"));
+}
+
+#[tokio::test]
+async fn admin_commands_are_audited() {
+    let server = Server::start_with(&[], &[("NO_COLOR", "1")]);
+    add_user(&server, "frank");
+    ward(&server, &["user", "reset-mfa", "frank"], None);
+    ward(&server, &["user", "disable", "frank"], None);
+    ward(
+        &server,
+        &[
+            "client",
+            "add",
+            "--id",
+            "chart-app",
+            "--redirect-uri",
+            APP_REDIRECT,
+        ],
+        None,
+    );
+    let events = all_events(&server).await;
+    let added = with_detail(&events, "event", "user_added");
+    assert_eq!(added.len(), 1, "{added:?}");
+    assert_eq!(detail(added[0], "username").as_deref(), Some("frank"));
+    assert_eq!(detail(added[0], "role").as_deref(), Some("physician"));
+    assert_eq!(added[0]["type"]["code"], "110113", "Security Alert");
+    assert!(names_agent(added[0], "ward-cli"), "{}", added[0]);
+    assert!(
+        !Value::Array(events.clone()).to_string().contains(PASSWORD),
+        "no password in the audit log"
+    );
+    for event in ["user_mfa_reset", "user_disabled"] {
+        let found = with_detail(&events, "event", event);
+        assert_eq!(found.len(), 1, "{event}: {found:?}");
+        assert_eq!(detail(found[0], "username").as_deref(), Some("frank"));
+    }
+    let registered = with_detail(&events, "event", "client_registered");
+    assert_eq!(registered.len(), 1, "{registered:?}");
+    assert_eq!(
+        detail(registered[0], "client").as_deref(),
+        Some("chart-app")
+    );
+
+    // The first start records the policy it loaded; a restart with a new
+    // policy file records the change with both digests.
+    let policies = with_detail(&events, "event", "policy_changed");
+    assert_eq!(policies.len(), 1, "{policies:?}");
+    assert_eq!(
+        detail(policies[0], "previous_sha256").as_deref(),
+        Some("none")
+    );
+    let first = detail(policies[0], "sha256").expect("a digest");
+    let (root, data) = server.stop();
+    let policy = format!(
+        "{}\n# Reviewed by the security office.\n",
+        ward_auth::policy::DEFAULT_POLICY
+    );
+    std::fs::write(data.join("policy.toml"), policy).expect("write policy.toml");
+    let server = Server::start_in(root, data, &[], &[("NO_COLOR", "1")]);
+    let events = all_events(&server).await;
+    let policies = with_detail(&events, "event", "policy_changed");
+    assert_eq!(policies.len(), 2, "{policies:?}");
+    let second = policies
+        .iter()
+        .find(|event| detail(event, "previous_sha256").as_deref() == Some(first.as_str()))
+        .expect("the change names the previous digest");
+    assert_ne!(detail(second, "sha256").as_deref(), Some(first.as_str()));
+    let (root, data) = server.stop();
+    let server = Server::start_in(root, data, &[], &[("NO_COLOR", "1")]);
+    let events = all_events(&server).await;
+    assert_eq!(
+        with_detail(&events, "event", "policy_changed").len(),
+        2,
+        "an unchanged policy is not recorded again"
+    );
 }

@@ -1,7 +1,7 @@
 //! The continuous SIEM export over real processes: RFC 5425 syslog over TLS
-//! to a collector that goes down and comes back, and JSON Lines across a
-//! server restart. Every record of `ward audit export` must arrive at least
-//! once.
+//! and JSON Lines over HTTPS to collectors that go down and come back, and
+//! JSON Lines to a file across a server restart. Every record of
+//! `ward audit export` must arrive at least once.
 
 mod common;
 mod test_pki;
@@ -297,4 +297,157 @@ async fn jsonl_export_resumes_after_restart() {
     let mut sorted = lines.clone();
     sorted.sort_unstable();
     assert_eq!(lines, sorted, "records are appended in order");
+}
+
+/// The bearer token the HTTPS collector expects.
+const COLLECTOR_TOKEN: &str = "collector-token-7f3a";
+
+/// Runs an HTTPS JSON Lines collector on `listener`: each POST with the
+/// right bearer token has its lines kept and gets 200, any other request
+/// gets 401. Aborting the task closes the listener.
+fn start_https_collector(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    received: Received,
+) -> JoinHandle<()> {
+    use tokio::io::AsyncWriteExt as _;
+    tokio::spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let mut connections = JoinSet::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let received = received.clone();
+            connections.spawn(async move {
+                let Ok(mut stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Some((head, body)) = read_request(&mut stream).await else {
+                    return;
+                };
+                let authorized = head.lines().any(|line| {
+                    line.split_once(':').is_some_and(|(name, value)| {
+                        name.eq_ignore_ascii_case("authorization")
+                            && value.trim() == format!("Bearer {COLLECTOR_TOKEN}")
+                    })
+                });
+                let reply: &[u8] = if authorized && head.starts_with("POST ") {
+                    let text = String::from_utf8_lossy(&body).into_owned();
+                    received
+                        .lock()
+                        .expect("lock")
+                        .extend(text.lines().map(str::to_owned));
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                };
+                let _ = stream.write_all(reply).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    })
+}
+
+/// Reads one HTTP/1.1 request with a `content-length` body; returns its
+/// head and body, or `None` when the connection ends first.
+async fn read_request(
+    stream: &mut tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+) -> Option<(String, Vec<u8>)> {
+    let mut request = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let read = stream.read(&mut chunk).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        request.extend_from_slice(&chunk[..read]);
+        let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&request[..end]).into_owned();
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        if request.len() >= end + 4 + length {
+            return Some((head, request[end + 4..end + 4 + length].to_vec()));
+        }
+    }
+}
+
+fn json_seqs(received: &Received) -> BTreeSet<u64> {
+    received
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|line| {
+            let event: Value = serde_json::from_str(line).expect("a JSON line");
+            assert_eq!(event["resourceType"], "AuditEvent", "{event}");
+            event["id"]
+                .as_str()
+                .and_then(|id| id.parse().ok())
+                .expect("the id is the seq")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn https_export_survives_collector_outage() {
+    let pki = pki();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let ca_path = dir.path().join("collector-ca.pem");
+    std::fs::write(&ca_path, &pki.ca_pem).expect("write the CA");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let received: Received = Arc::default();
+    let collector = start_https_collector(listener, pki.server.clone(), received.clone());
+
+    let url = format!("https://localhost:{port}/ingest");
+    let server = Server::start_with(
+        &[
+            "--siem-https",
+            &url,
+            "--siem-ca",
+            ca_path.to_str().expect("UTF-8 path"),
+        ],
+        &[("WARD_SIEM_HTTPS_TOKEN", COLLECTOR_TOKEN)],
+    );
+    let token = server.token("system/*.cruds");
+    generate(&server, &token, "before", 5).await;
+    let first = exported_seqs(&server);
+    assert!(first.len() >= 10, "two records per patient: {first:?}");
+    wait_delivered(&first, || json_seqs(&received), &server).await;
+
+    // The collector is down for a while; the export retries from its cursor.
+    collector.abort();
+    let _ = collector.await;
+    generate(&server, &token, "during", 5).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server
+        .stderr_log()
+        .contains("delivering audit records failed; retrying")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no retry while the collector was down:\n{}",
+            server.stderr_log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the collector port again");
+    let collector = start_https_collector(listener, pki.server.clone(), received.clone());
+    let all = exported_seqs(&server);
+    assert!(all.len() >= first.len() + 10, "{all:?}");
+    wait_delivered(&all, || json_seqs(&received), &server).await;
+    collector.abort();
+    assert!(
+        !server.stderr_log().contains(COLLECTOR_TOKEN),
+        "the collector token never reaches the log"
+    );
 }

@@ -4,25 +4,50 @@
 use std::fmt;
 
 use aws_lc_rs::hmac;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
 
 /// Length of a blind-index hash in bytes.
 pub const BLIND_HASH_LEN: usize = 16;
 
-/// The HMAC-SHA256 key for blind-index hashes, derived from the master key.
+/// The HMAC-SHA256 key for blind-index hashes.
 ///
-/// Get it from [`MasterKey::index_key`](super::MasterKey::index_key). The
-/// HMAC inner and outer states are computed once, so each hash costs two
-/// SHA-256 compressions plus the input length.
+/// A store keeps its index key wrapped by the master key
+/// ([`MasterKey::wrap_index_key`](super::MasterKey::wrap_index_key)), so a
+/// master-key rotation rewraps it and never changes an index row. Stores made
+/// before index keys were stored carry over the key that
+/// [`MasterKey::derived_index_key`](super::MasterKey::derived_index_key)
+/// returns. The HMAC inner and outer states are computed once, so each hash
+/// costs two SHA-256 compressions plus the input length.
 #[derive(Clone)]
 pub struct IndexKey {
+    secret: Zeroizing<[u8; 32]>,
     key: hmac::Key,
 }
 
 impl IndexKey {
     pub(super) fn new(secret: &[u8; 32]) -> Self {
         Self {
+            secret: Zeroizing::new(*secret),
             key: hmac::Key::new(hmac::HMAC_SHA256, secret),
         }
+    }
+
+    /// Generates a new random index key.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Provider`] if the random number generator fails.
+    pub fn generate() -> Result<Self> {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        aws_lc_rs::rand::fill(secret.as_mut_slice())
+            .map_err(Error::provider("random generation"))?;
+        Ok(Self::new(&secret))
+    }
+
+    pub(super) fn secret(&self) -> &[u8; 32] {
+        &self.secret
     }
 
     /// Hashes `value` within `domain`, returning HMAC-SHA256 truncated to 16 bytes.
@@ -63,7 +88,7 @@ mod tests {
     #[test]
     fn hash_is_deterministic() {
         let master = MasterKey::generate().unwrap();
-        let index = master.index_key();
+        let index = master.derived_index_key();
         assert_eq!(
             index.hash("Patient.name", "smith"),
             index.hash("Patient.name", "smith")
@@ -73,7 +98,7 @@ mod tests {
 
     #[test]
     fn hash_separates_domains() {
-        let index = MasterKey::generate().unwrap().index_key().clone();
+        let index = MasterKey::generate().unwrap().derived_index_key().clone();
         assert_ne!(
             index.hash("Patient.name", "smith"),
             index.hash("Practitioner.name", "smith")
@@ -88,8 +113,8 @@ mod tests {
         let first = MasterKey::generate().unwrap();
         let second = MasterKey::generate().unwrap();
         assert_ne!(
-            first.index_key().hash("d", "v"),
-            second.index_key().hash("d", "v")
+            first.derived_index_key().hash("d", "v"),
+            second.derived_index_key().hash("d", "v")
         );
     }
 
@@ -98,8 +123,8 @@ mod tests {
         let master = MasterKey::generate().unwrap();
         let reloaded = MasterKey::from_base64(&master.encode()).unwrap();
         assert_eq!(
-            master.index_key().hash("d", "v"),
-            reloaded.index_key().hash("d", "v")
+            master.derived_index_key().hash("d", "v"),
+            reloaded.derived_index_key().hash("d", "v")
         );
     }
 

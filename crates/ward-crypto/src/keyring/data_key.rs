@@ -5,7 +5,7 @@ use std::fmt;
 use zeroize::Zeroizing;
 
 use super::aead::{Aead, NONCE_LEN, TAG_LEN};
-use super::{KeyId, MasterKey};
+use super::{IndexKey, KeyId, MasterKey};
 use crate::error::{Error, Result};
 
 /// Length of a data key in bytes.
@@ -20,6 +20,10 @@ const WRAPPED_KEY_VERSION: u8 = 1;
 /// Prefix of the associated data when wrapping a data key. The version byte
 /// and the master key id follow it.
 const WRAP_AAD_LABEL: &[u8] = b"ward-data-key";
+
+/// The label that takes the place of [`WRAP_AAD_LABEL`] when wrapping a
+/// blind-index key.
+const INDEX_WRAP_AAD_LABEL: &[u8] = b"ward-index-key";
 
 /// Length of a wrapped key: version, master key id, nonce, key, tag.
 const WRAPPED_KEY_LEN: usize = 1 + 8 + NONCE_LEN + DATA_KEY_LEN + TAG_LEN;
@@ -172,7 +176,7 @@ impl fmt::Debug for WrappedKey {
 }
 
 impl MasterKey {
-    /// Encrypts a data key for storage.
+    /// Encrypts a data key for storage under the active master key.
     ///
     /// The associated data is `"ward-data-key" || version || master key id`,
     /// so a wrapped key opens only under this master key.
@@ -181,39 +185,98 @@ impl MasterKey {
     ///
     /// [`Error::Provider`] if AWS-LC fails.
     pub fn wrap_data_key(&self, key: &DataKey) -> Result<WrappedKey> {
+        self.wrap_key_bytes(WRAP_AAD_LABEL, &key.secret)
+    }
+
+    /// Decrypts a wrapped data key with whichever key of the keyring wrapped
+    /// it: the active master key or a retired one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WrongMasterKey`] if no key of the keyring wrapped it, and
+    /// [`Error::Decrypt`] if the wrapped key was modified.
+    pub fn unwrap_data_key(&self, wrapped: &WrappedKey) -> Result<DataKey> {
+        let secret = self.unwrap_key_bytes(WRAP_AAD_LABEL, "wrapped data key", wrapped)?;
+        DataKey::from_secret(secret)
+    }
+
+    /// Encrypts a blind-index key for storage under the active master key.
+    ///
+    /// It uses the [`WrappedKey`] layout with its own associated-data label,
+    /// so a wrapped index key cannot pass for a wrapped data key.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Provider`] if AWS-LC fails.
+    pub fn wrap_index_key(&self, key: &IndexKey) -> Result<WrappedKey> {
+        self.wrap_key_bytes(INDEX_WRAP_AAD_LABEL, key.secret())
+    }
+
+    /// Decrypts a wrapped blind-index key, as [`MasterKey::unwrap_data_key`]
+    /// does for data keys.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WrongMasterKey`] if no key of the keyring wrapped it, and
+    /// [`Error::Decrypt`] if the wrapped key was modified.
+    pub fn unwrap_index_key(&self, wrapped: &WrappedKey) -> Result<IndexKey> {
+        let secret = self.unwrap_key_bytes(INDEX_WRAP_AAD_LABEL, "wrapped index key", wrapped)?;
+        Ok(IndexKey::new(&secret))
+    }
+
+    /// Rewraps a data key under the active master key. The key itself, and
+    /// so every ciphertext it sealed, stays the same.
+    ///
+    /// # Errors
+    ///
+    /// As [`MasterKey::unwrap_data_key`] and [`MasterKey::wrap_data_key`].
+    pub fn rewrap_data_key(&self, wrapped: &WrappedKey) -> Result<WrappedKey> {
+        let secret = self.unwrap_key_bytes(WRAP_AAD_LABEL, "wrapped data key", wrapped)?;
+        self.wrap_key_bytes(WRAP_AAD_LABEL, &secret)
+    }
+
+    /// Rewraps a blind-index key under the active master key.
+    ///
+    /// # Errors
+    ///
+    /// As [`MasterKey::unwrap_index_key`] and [`MasterKey::wrap_index_key`].
+    pub fn rewrap_index_key(&self, wrapped: &WrappedKey) -> Result<WrappedKey> {
+        let secret = self.unwrap_key_bytes(INDEX_WRAP_AAD_LABEL, "wrapped index key", wrapped)?;
+        self.wrap_key_bytes(INDEX_WRAP_AAD_LABEL, &secret)
+    }
+
+    fn wrap_key_bytes(&self, label: &[u8], secret: &[u8; DATA_KEY_LEN]) -> Result<WrappedKey> {
         let mut out = Zeroizing::new(Vec::with_capacity(WRAPPED_KEY_LEN));
         out.push(WRAPPED_KEY_VERSION);
         out.extend_from_slice(self.id.as_bytes());
-        let aad = wrap_aad(&out);
-        self.wrap
-            .seal_append(&aad, key.secret.as_slice(), &mut out)?;
+        let aad = wrap_aad(label, &out);
+        self.wrap.seal_append(&aad, secret.as_slice(), &mut out)?;
 
         let bytes: [u8; WRAPPED_KEY_LEN] =
             out.as_slice().try_into().map_err(|_| Error::Provider {
-                operation: "data key wrapping",
+                operation: "key wrapping",
             })?;
         Ok(WrappedKey(bytes))
     }
 
-    /// Decrypts a wrapped data key.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::WrongMasterKey`] if another master key wrapped it, and
-    /// [`Error::Decrypt`] if the wrapped key was modified.
-    pub fn unwrap_data_key(&self, wrapped: &WrappedKey) -> Result<DataKey> {
+    fn unwrap_key_bytes(
+        &self,
+        label: &[u8],
+        what: &'static str,
+        wrapped: &WrappedKey,
+    ) -> Result<Zeroizing<[u8; DATA_KEY_LEN]>> {
         let wrapped_by = wrapped.master_key_id();
-        if wrapped_by != self.id {
-            return Err(Error::WrongMasterKey {
-                what: "wrapped data key",
-                expected: wrapped_by,
-                found: self.id,
-            });
-        }
+        let master = self.key_for(wrapped_by).ok_or(Error::WrongMasterKey {
+            what,
+            expected: wrapped_by,
+            found: self.id,
+        })?;
 
-        let aad = wrap_aad(wrapped.header());
+        let aad = wrap_aad(label, wrapped.header());
         let mut plain = Zeroizing::new(Vec::with_capacity(DATA_KEY_LEN + TAG_LEN));
-        self.wrap.open_append(&aad, wrapped.sealed(), &mut plain)?;
+        master
+            .wrap
+            .open_append(&aad, wrapped.sealed(), &mut plain)?;
 
         if plain.len() != DATA_KEY_LEN {
             return Err(Error::Decrypt);
@@ -223,14 +286,14 @@ impl MasterKey {
             .iter_mut()
             .zip(plain.iter())
             .for_each(|(out, byte)| *out = *byte);
-        DataKey::from_secret(secret)
+        Ok(secret)
     }
 }
 
 /// Builds the associated data for wrapping: label followed by the header.
-fn wrap_aad(header: &[u8]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(WRAP_AAD_LABEL.len() + header.len());
-    aad.extend_from_slice(WRAP_AAD_LABEL);
+fn wrap_aad(label: &[u8], header: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(label.len() + header.len());
+    aad.extend_from_slice(label);
     aad.extend_from_slice(header);
     aad
 }

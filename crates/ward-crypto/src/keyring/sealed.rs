@@ -151,27 +151,37 @@ impl MasterKey {
         Ok(SealedSecret::from_bytes(bytes))
     }
 
-    /// Decrypts a secret sealed by [`MasterKey::seal_secret`] with the same label.
+    /// Decrypts a secret sealed by [`MasterKey::seal_secret`] with the same
+    /// label, with whichever key of the keyring sealed it.
     ///
     /// # Errors
     ///
-    /// [`Error::WrongMasterKey`] if another master key sealed it, and
+    /// [`Error::WrongMasterKey`] if no key of the keyring sealed it, and
     /// [`Error::Decrypt`] if it was modified or sealed under another label.
     pub fn open_secret(&self, label: &str, sealed: &SealedSecret) -> Result<Zeroizing<Vec<u8>>> {
         let sealed_by = sealed.master_key_id();
-        if sealed_by != self.id {
-            return Err(Error::WrongMasterKey {
-                what: "sealed secret",
-                expected: sealed_by,
-                found: self.id,
-            });
-        }
+        let master = self.key_for(sealed_by).ok_or(Error::WrongMasterKey {
+            what: "sealed secret",
+            expected: sealed_by,
+            found: self.id,
+        })?;
 
-        let aad = sealed_aad(label, self.id);
+        let aad = sealed_aad(label, sealed_by);
         let mut plain = Zeroizing::new(Vec::with_capacity(sealed.sealed().len()));
-        self.sealed_secret
+        master
+            .sealed_secret
             .open_append(&aad, sealed.sealed(), &mut plain)?;
         Ok(plain)
+    }
+
+    /// Opens a sealed secret and seals it again under the active key.
+    ///
+    /// # Errors
+    ///
+    /// As [`MasterKey::open_secret`] and [`MasterKey::seal_secret`].
+    pub fn reseal_secret(&self, label: &str, sealed: &SealedSecret) -> Result<SealedSecret> {
+        let plain = self.open_secret(label, sealed)?;
+        self.seal_secret(label, &plain)
     }
 }
 

@@ -80,6 +80,9 @@ pub struct Actor {
     pub role: Option<String>,
     /// The peer IP address.
     pub network: Option<IpAddr>,
+    /// The enrolled device the request came from, for device-bound tokens
+    /// and device endpoints.
+    pub device_id: Option<String>,
 }
 
 impl Actor {
@@ -91,6 +94,7 @@ impl Actor {
             client_id: principal.client_id.clone(),
             role: principal.role.clone(),
             network,
+            device_id: principal.device.clone(),
         }
     }
 
@@ -112,6 +116,7 @@ impl Actor {
             .filter(|reference| is_reference(reference))
             .map(str::to_owned);
         agent.network = self.network.map(|address| address.to_string());
+        agent.device_id = self.device_id.as_deref().and_then(usable);
         if let Some(role) = self.role.as_deref().and_then(usable) {
             agent.roles.push(Coding {
                 code: role,
@@ -355,6 +360,34 @@ impl Auditor {
             record.entities.push(target);
         }
         push_patients(&mut record, patients.iter());
+        record
+    }
+
+    /// Builds the record of an administrative change made by `operator`
+    /// outside a request, such as a user added with `ward user` or a key
+    /// rotated with `ward keys`: DICOM 110113 Security Alert with
+    /// `subtype`, `event` in the detail map and the other `details` beside
+    /// it. Details name accounts, clients, roles and key ids, never secrets.
+    pub fn admin_change(
+        &self,
+        operator: &str,
+        event: &str,
+        subtype: Subtype,
+        action: Action,
+        details: &[(&str, &str)],
+    ) -> AuditRecord {
+        let mut record = self.record(EventType::Security, action, Outcome::Success);
+        record.subtypes.push(subtype);
+        let actor = Actor {
+            user_id: operator.to_owned(),
+            client_id: Some("ward-cli".to_owned()),
+            ..Actor::default()
+        };
+        record.agents.push(actor.agent());
+        record.detail.insert("event".to_owned(), ascii(event));
+        for (name, value) in details {
+            record.detail.insert((*name).to_owned(), ascii(value));
+        }
         record
     }
 

@@ -61,6 +61,9 @@ async fn audit_reader(
 ) -> FhirResult<(Principal, Actor)> {
     let principal = authenticate(headers, &state.verifier)?;
     crate::oauth::check_principal(state, &principal).await?;
+    // A token that names an enrolled device passes only while the device
+    // is active and compliant, as on the FHIR API.
+    crate::device::gate::check(state, &principal, peer).await?;
     let actor = Actor::from_principal(&principal, peer);
     let role_allowed = matches!(
         principal.role.as_deref(),

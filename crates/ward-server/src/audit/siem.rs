@@ -1,12 +1,13 @@
 //! Audit records for a SIEM: the formats (one `AuditEvent` per JSON line,
 //! or an RFC 5424 syslog message carrying that JSON) and the continuous
-//! export that `ward serve` runs for each destination.
+//! export that `ward serve` runs for each destination: syslog over TLS, a
+//! JSON Lines file, or JSON Lines POSTed to an HTTPS collector.
 //!
 //! The export reads the log from a cursor kept in the store (namespace
 //! [`CURSOR_NAMESPACE`], one key per destination), delivers each batch in
 //! order and moves the cursor only after the destination accepted the
-//! batch: after the TLS stream was flushed, or after the file was synced
-//! to disk. A destination that is down is retried with exponential backoff
+//! batch: after the TLS stream was flushed, after the file was synced
+//! to disk, or after the HTTPS collector answered 2xx. A destination that is down is retried with exponential backoff
 //! and no record is skipped, so every record arrives at least once. A batch
 //! that was delivered but whose cursor was not yet saved (a crash, a kill)
 //! is delivered again after a restart.
@@ -111,6 +112,9 @@ pub enum SiemError {
     /// The CA certificate PEM is unreadable or holds no usable certificate.
     #[error("invalid CA certificate: {0}")]
     InvalidCa(String),
+    /// The JSON Lines endpoint is not an `https://` URL with a host.
+    #[error("invalid SIEM endpoint '{0}': expected an https:// URL")]
+    InvalidUrl(String),
 }
 
 /// Where the export sends records.
@@ -128,6 +132,17 @@ pub enum Destination {
     Jsonl {
         /// The file.
         path: PathBuf,
+    },
+    /// JSON Lines POSTed in batches to an HTTPS endpoint
+    /// (`Content-Type: application/x-ndjson`); a 2xx answer acknowledges
+    /// the whole batch.
+    Https {
+        /// The endpoint, an `https://` URL.
+        url: String,
+        /// The HTTPS client, trusting only the configured CA.
+        client: reqwest::Client,
+        /// A bearer token sent with each batch, if the collector needs one.
+        token: Option<zeroize::Zeroizing<String>>,
     },
 }
 
@@ -155,11 +170,36 @@ impl Destination {
         })
     }
 
+    /// Builds a JSON Lines destination that POSTs to `url`, an `https://`
+    /// URL whose certificate must chain to a certificate in `ca_pem`.
+    ///
+    /// # Errors
+    ///
+    /// [`SiemError::InvalidAddress`] for a URL that is not `https://`,
+    /// [`SiemError::InvalidCa`] when `ca_pem` holds no usable certificate.
+    pub fn https(url: &str, ca_pem: &[u8], token: Option<String>) -> Result<Self, SiemError> {
+        let parsed = url::Url::parse(url).map_err(|_| SiemError::InvalidUrl(url.to_owned()))?;
+        if parsed.scheme() != "https" || parsed.host_str().is_none() {
+            return Err(SiemError::InvalidUrl(url.to_owned()));
+        }
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(client_config(ca_pem)?)
+            .timeout(IO_TIMEOUT)
+            .build()
+            .map_err(|e| SiemError::InvalidCa(e.to_string()))?;
+        Ok(Self::Https {
+            url: url.to_owned(),
+            client,
+            token: token.map(zeroize::Zeroizing::new),
+        })
+    }
+
     /// The key of this destination's cursor.
     fn key(&self) -> String {
         match self {
             Self::Syslog { host, port, .. } => format!("syslog:{host}:{port}"),
             Self::Jsonl { path } => format!("jsonl:{}", path.display()),
+            Self::Https { url, .. } => format!("https:{url}"),
         }
     }
 
@@ -168,6 +208,7 @@ impl Destination {
         match self {
             Self::Syslog { .. } => "syslog",
             Self::Jsonl { .. } => "jsonl",
+            Self::Https { .. } => "https",
         }
     }
 }
@@ -376,10 +417,21 @@ impl Exporter {
     /// Delivers `rows` in order; `Ok` once the destination accepted all of
     /// them.
     async fn deliver(&mut self, rows: &[StoredAudit]) -> Result<(), String> {
-        let result = if let Destination::Jsonl { path } = &self.destination {
-            tokio::time::timeout(IO_TIMEOUT, append_jsonl(path, rows)).await
-        } else {
-            tokio::time::timeout(IO_TIMEOUT, self.deliver_syslog(rows)).await
+        let result = match &self.destination {
+            Destination::Jsonl { path } => {
+                tokio::time::timeout(IO_TIMEOUT, append_jsonl(path, rows)).await
+            }
+            Destination::Https { url, client, token } => {
+                let request = client.post(url);
+                let request = match token {
+                    Some(token) => request.bearer_auth(token.as_str()),
+                    None => request,
+                };
+                tokio::time::timeout(IO_TIMEOUT, post_jsonl(request, rows)).await
+            }
+            Destination::Syslog { .. } => {
+                tokio::time::timeout(IO_TIMEOUT, self.deliver_syslog(rows)).await
+            }
         };
         result.map_err(|_| format!("timed out after {} s", IO_TIMEOUT.as_secs()))?
     }
@@ -436,8 +488,8 @@ fn peer_closed(stream: &mut TlsStream<TcpStream>) -> bool {
     }
 }
 
-/// Appends one JSON line per row to `path` and syncs the file.
-async fn append_jsonl(path: &std::path::Path, rows: &[StoredAudit]) -> Result<(), String> {
+/// One JSON line per row, each ended by a newline.
+fn json_lines(rows: &[StoredAudit]) -> String {
     let mut text = String::new();
     for row in rows {
         match ChainEntry::from_canonical(&row.canonical) {
@@ -446,6 +498,28 @@ async fn append_jsonl(path: &std::path::Path, rows: &[StoredAudit]) -> Result<()
         }
         text.push('\n');
     }
+    text
+}
+
+/// POSTs one JSON line per row; only a 2xx answer counts as delivered.
+async fn post_jsonl(request: reqwest::RequestBuilder, rows: &[StoredAudit]) -> Result<(), String> {
+    let response = request
+        .header(http::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(json_lines(rows))
+        .send()
+        .await
+        .map_err(|e| format!("posting to the SIEM endpoint failed: {e}"))?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("the SIEM endpoint answered {status}"))
+    }
+}
+
+/// Appends one JSON line per row to `path` and syncs the file.
+async fn append_jsonl(path: &std::path::Path, rows: &[StoredAudit]) -> Result<(), String> {
+    let text = json_lines(rows);
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -19,7 +19,7 @@ use ward_store::HistoryScope;
 use crate::AppState;
 use crate::access::{Caller, Denial};
 use crate::audit::Actor;
-use crate::auth::{Principal, authenticate};
+use crate::auth::{Principal, RequestAuth, authenticate_request};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::engine::{Engine, check_type, query_pairs, truncate};
 use crate::fhir::response::{Prefer, if_match, json_response, resource_response, write_response};
@@ -100,7 +100,8 @@ impl FromRequestParts<AppState> for Ctx {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|info| info.0.ip());
-        let principal = match authenticate(&parts.headers, &state.verifier) {
+        let principal = match authenticate_request(&RequestAuth::from_parts(parts), &state.verifier)
+        {
             Ok(principal) => principal,
             Err(err) => {
                 let actor = Actor {
@@ -149,6 +150,9 @@ impl FromRequestParts<AppState> for Ctx {
             }
             return Err(err);
         }
+        // A token bound to an enrolled device passes only while the device
+        // is active and compliant.
+        crate::device::gate::check(state, &principal, peer).await?;
         Ok(Ctx {
             principal,
             prefer: Prefer::from_headers(&parts.headers),

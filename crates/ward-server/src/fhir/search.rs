@@ -293,7 +293,7 @@ impl Engine {
         let entries: Vec<Value> = page
             .versions
             .iter()
-            .filter(|v| !filtered || caller.can_see(v))
+            .filter(|v| !filtered || self.history_visible(caller, v))
             .map(|v| self.history_entry(v))
             .collect();
         let mut links = vec![("self", self_link.to_owned())];
@@ -322,6 +322,23 @@ impl Engine {
         }
         let total = if filtered { None } else { Some(page.total) };
         Ok(bundle("history", total, links, entries))
+    }
+
+    /// True when a filtered history may show `version`: the caller may read
+    /// it, or, for a deletion, the caller could read the version it deleted,
+    /// so that a client which synced the resource also learns of its
+    /// deletion.
+    fn history_visible(&self, caller: &Caller<'_>, version: &ResourceVersion) -> bool {
+        if version.resource.is_some() {
+            return caller.can_see(version);
+        }
+        if version.version <= 1 {
+            return false;
+        }
+        let previous = self
+            .store
+            .vread(&version.resource_type, &version.id, version.version - 1);
+        previous.is_ok_and(|previous| caller.can_see(&previous))
     }
 
     /// Checks that the caller may see some version of a resource: the

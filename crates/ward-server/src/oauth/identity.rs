@@ -503,6 +503,10 @@ pub struct FamilyRecord {
     /// Access tokens issued from the family, as `(jti, exp)`, so they can be
     /// revoked with it.
     pub access_tokens: Vec<(String, i64)>,
+    /// The certificate or DPoP key the family is bound to: a refresh must
+    /// present the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<crate::auth::Confirmation>,
 }
 
 /// Most access token ids remembered per family; older ones have expired.
@@ -620,6 +624,11 @@ pub fn register_client(
         ),
         (None, false) => (ClientKind::Public, TokenEndpointAuthMethod::None),
     };
+    if new.id == MOBILE_CLIENT_ID {
+        return Err(IdentityError::Invalid(format!(
+            "{MOBILE_CLIENT_ID} is the id of the built-in mobile client; choose another client id"
+        )));
+    }
     if new.jwks.is_none() && new.redirect_uris.is_empty() {
         return Err(IdentityError::Invalid(
             "a client needs at least one redirect URI unless it registers a JWKS".into(),
@@ -662,12 +671,47 @@ pub fn register_client(
     Ok((record, secret))
 }
 
-/// Loads a client.
+/// The `client_id` of the built-in mobile client.
+pub const MOBILE_CLIENT_ID: &str = "ward-mobile";
+
+/// The only redirect URI of the built-in mobile client, a private-use
+/// scheme (RFC 8252 section 7.1) that the app claims on the device.
+pub const MOBILE_REDIRECT_URI: &str = "com.ward.mobile:/oauth/callback";
+
+/// The scopes the built-in mobile client may be granted: a clinician's
+/// access to the patients of their care team, and refresh tokens for
+/// offline use.
+pub const MOBILE_SCOPE: &str = "openid fhirUser offline_access user/*.cruds";
+
+/// Returns the built-in public client of the `ward-mobile` app, known to
+/// every server without `ward client add`. Like every client it must use PKCE
+/// (S256), and its redirect URI must match [`MOBILE_REDIRECT_URI`]
+/// exactly.
+pub fn mobile_client() -> ClientRecord {
+    ClientRecord {
+        client: Client {
+            client_id: MOBILE_CLIENT_ID.to_owned(),
+            kind: ClientKind::Public,
+            auth_method: TokenEndpointAuthMethod::None,
+            redirect_uris: vec![MOBILE_REDIRECT_URI.to_owned()],
+            allowed_scope: MOBILE_SCOPE.to_owned(),
+            jwks: None,
+            secret_digest: None,
+        },
+        name: "Ward Mobile".to_owned(),
+    }
+}
+
+/// Loads a client: the built-in [`mobile_client`] for
+/// [`MOBILE_CLIENT_ID`], otherwise a registered one.
 ///
 /// # Errors
 ///
 /// A store failure or a corrupt record.
 pub fn load_client(store: &dyn Store, client_id: &str) -> IdentityResult<Option<ClientRecord>> {
+    if client_id == MOBILE_CLIENT_ID {
+        return Ok(Some(mobile_client()));
+    }
     if client_id.is_empty() || client_id.len() > ward_auth::oauth::client::MAX_CLIENT_ID_LEN {
         return Ok(None);
     }

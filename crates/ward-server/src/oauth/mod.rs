@@ -16,6 +16,7 @@ mod admin;
 mod authorize;
 mod html;
 pub mod identity;
+mod logout;
 mod token;
 
 use std::sync::Arc;
@@ -175,6 +176,8 @@ impl OAuthServer {
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
             "token_endpoint_auth_signing_alg_values_supported": ["ES256", "ES384", "RS384"],
             "code_challenge_methods_supported": ["S256"],
+            "tls_client_certificate_bound_access_tokens": true,
+            "dpop_signing_alg_values_supported": ward_auth::dpop::SUPPORTED_ALGORITHMS,
             "scopes_supported": [
                 "openid", "fhirUser", "profile", "launch/patient", "offline_access", "online_access",
                 "patient/*.cruds", "user/*.cruds", "system/*.cruds",
@@ -201,6 +204,8 @@ impl OAuthServer {
             "scopes_supported": ["openid", "fhirUser", "profile"],
             "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nonce", "fhirUser"],
             "code_challenge_methods_supported": ["S256"],
+            "tls_client_certificate_bound_access_tokens": true,
+            "dpop_signing_alg_values_supported": ward_auth::dpop::SUPPORTED_ALGORITHMS,
         })
     }
 }
@@ -240,6 +245,10 @@ pub fn router() -> Router<AppState> {
             post(authorize::passkey::auth_finish),
         )
         .route("/oauth/consent", post(authorize::consent))
+        .route(
+            "/oauth/logout",
+            get(logout::logout_page).post(logout::logout),
+        )
         .route("/oauth/token", post(token::token))
         .route("/oauth/introspect", post(token::introspect))
         .route("/oauth/revoke", post(token::revoke))

@@ -28,7 +28,10 @@ use super::identity::{
 use super::{OAuthServer, blocking, json_response, server_of};
 use crate::AppState;
 use crate::audit::{OwnedSecurityEvent, SecurityEventKind, record_security_event};
-use crate::auth::{AccessClaims, Grant, Principal, authenticate};
+use crate::auth::{
+    AccessClaims, Confirmation, DPOP_HEADER, Grant, Principal, authenticate, single_dpop_proof,
+};
+use crate::tls::ClientCertificate;
 
 /// Largest token request body accepted.
 const MAX_FORM_BYTES: usize = 64 * 1024;
@@ -50,6 +53,8 @@ struct OAuthError {
     status: StatusCode,
     error: &'static str,
     description: String,
+    /// A fresh nonce for a `use_dpop_nonce` error (RFC 9449 section 8).
+    dpop_nonce: Option<String>,
 }
 
 impl OAuthError {
@@ -65,6 +70,7 @@ impl OAuthError {
             status,
             error,
             description: description.into(),
+            dpop_nonce: None,
         }
     }
 
@@ -84,6 +90,11 @@ impl IntoResponse for OAuthError {
                 HeaderValue::from_static("Basic realm=\"ward\""),
             );
         }
+        if let Some(nonce) = self.dpop_nonce
+            && let Ok(value) = HeaderValue::from_str(&nonce)
+        {
+            response.headers_mut().insert("dpop-nonce", value);
+        }
         response
     }
 }
@@ -96,10 +107,17 @@ impl From<identity::IdentityError> for OAuthError {
     }
 }
 
+/// The parts of a form request the handlers read besides the parameters.
+struct FormRequest {
+    headers: HeaderMap,
+    /// The client certificate of the TLS connection, if one was presented.
+    client_certificate: Option<ClientCertificate>,
+}
+
 async fn form_handler(
     state: AppState,
     request: Request,
-    handler: fn(&OAuthServer, &HeaderMap, &Params) -> OAuthResult<Response>,
+    handler: fn(&OAuthServer, &FormRequest, &Params) -> OAuthResult<Response>,
 ) -> Response {
     let server: Arc<OAuthServer> = match server_of(&state) {
         Ok(server) => server,
@@ -126,10 +144,13 @@ async fn form_handler(
     let Ok(bytes) = axum::body::to_bytes(body, MAX_FORM_BYTES).await else {
         return OAuthError::new("invalid_request", "the request body is too large").into_response();
     };
-    let headers = parts.headers;
+    let form = FormRequest {
+        client_certificate: parts.extensions.get::<ClientCertificate>().cloned(),
+        headers: parts.headers,
+    };
     let mut response = blocking(move || {
         let params = Params::parse(&bytes);
-        handler(&server, &headers, &params).unwrap_or_else(IntoResponse::into_response)
+        handler(&server, &form, &params).unwrap_or_else(IntoResponse::into_response)
     })
     .await;
     if let Some(event) = response.extensions_mut().remove::<OwnedSecurityEvent>() {
@@ -164,11 +185,11 @@ pub async fn revoke(State(state): State<AppState>, request: Request) -> Response
 /// token's subject, or the OAuth error code of a rejection.
 fn token_request(
     server: &OAuthServer,
-    headers: &HeaderMap,
+    form: &FormRequest,
     params: &Params,
 ) -> OAuthResult<Response> {
     let mut client_id = None;
-    let (response, mut event) = match issue_token(server, headers, params, &mut client_id) {
+    let (response, mut event) = match issue_token(server, form, params, &mut client_id) {
         Ok(body) => {
             let mut event = OwnedSecurityEvent::new(SecurityEventKind::TokenIssued);
             event.user_id = body["access_token"]
@@ -191,18 +212,19 @@ fn token_request(
 /// authenticated client.
 fn issue_token(
     server: &OAuthServer,
-    headers: &HeaderMap,
+    form: &FormRequest,
     params: &Params,
     client_id: &mut Option<String>,
 ) -> OAuthResult<Value> {
     let now = OffsetDateTime::now_utc();
     let grant_type = params.get("grant_type").unwrap_or("");
-    let client = authenticate_client(server, headers, params, now)?;
+    let client = authenticate_client(server, &form.headers, params, now)?;
     *client_id = Some(client.client.client_id.clone());
+    let binding = Binding::of_request(server, form, now)?;
     let body = match grant_type {
-        "authorization_code" => exchange_code(server, &client, params, now)?,
-        "refresh_token" => refresh(server, &client, params, now)?,
-        "client_credentials" => client_credentials(server, &client, params)?,
+        "authorization_code" => exchange_code(server, &client, params, &binding, now)?,
+        "refresh_token" => refresh(server, &client, params, &binding, now)?,
+        "client_credentials" => client_credentials(server, &client, params, &binding)?,
         "" => return Err(OAuthError::new("invalid_request", "grant_type is missing")),
         _ => {
             return Err(OAuthError::new(
@@ -212,6 +234,135 @@ fn issue_token(
         }
     };
     Ok(body)
+}
+
+/// Rejects a token request from a device that is unknown or revoked.
+fn check_device_active(server: &OAuthServer, device: &str) -> OAuthResult<()> {
+    let revoked = || {
+        OAuthError::new(
+            "invalid_grant",
+            format!("device {device} is revoked or not enrolled; enroll it again"),
+        )
+    };
+    let id = ward_device::DeviceId::parse(device).map_err(|_| revoked())?;
+    match ward_device::registry::load(server.store.as_ref(), &id) {
+        Ok(Some(record)) if record.revocation.is_none() => Ok(()),
+        Ok(_) => Err(revoked()),
+        Err(error) => {
+            tracing::error!(target: "ward::auth", %error, device, "reading the device record failed");
+            Err(OAuthError::new(
+                "server_error",
+                "the device record could not be read; try again",
+            ))
+        }
+    }
+}
+
+/// The keys a token request proved possession of: the TLS client
+/// certificate (RFC 8705) and the DPoP key (RFC 9449).
+#[derive(Debug, Default)]
+struct Binding {
+    /// The thumbprint of the client certificate.
+    x5t_s256: Option<String>,
+    /// The device the client certificate names.
+    device: Option<String>,
+    /// The thumbprint of the DPoP proof's key.
+    jkt: Option<String>,
+}
+
+impl Binding {
+    /// Reads the client certificate and verifies the `DPoP` proof, if any.
+    fn of_request(
+        server: &OAuthServer,
+        form: &FormRequest,
+        now: OffsetDateTime,
+    ) -> OAuthResult<Self> {
+        let mut binding = Self::default();
+        // A revoked or unknown device gets no token. Compliance is left to
+        // the device gate on each resource request, which names the failing
+        // posture rules.
+        if let Some(certificate) = &form.client_certificate {
+            binding.x5t_s256 = Some(certificate.x5t_s256.clone());
+            binding.device = certificate.device_id();
+        }
+        if let Some(device) = &binding.device {
+            check_device_active(server, device)?;
+        }
+        if !form.headers.contains_key(DPOP_HEADER) {
+            return Ok(binding);
+        }
+        let Some(dpop) = server.verifier.dpop() else {
+            return Err(OAuthError::new(
+                "invalid_dpop_proof",
+                "this server does not accept DPoP proofs; send the request without a DPoP header",
+            ));
+        };
+        let proof = single_dpop_proof(&form.headers)
+            .map_err(|why| OAuthError::new("invalid_dpop_proof", why))?;
+        let uri = server.settings.endpoint("/oauth/token");
+        let request = ward_auth::dpop::ProofRequest {
+            method: "POST",
+            uri: &uri,
+            access_token: None,
+            now: now.unix_timestamp(),
+        };
+        match dpop.verify(proof, &request) {
+            Ok(verified) => binding.jkt = Some(verified.jkt),
+            Err(error) => {
+                let mut rejection = OAuthError::new(error.error_code(), error.to_string());
+                if error == ward_auth::dpop::DpopError::UseNonce {
+                    rejection.dpop_nonce = Some(dpop.nonce(now.unix_timestamp()));
+                }
+                return Err(rejection);
+            }
+        }
+        Ok(binding)
+    }
+
+    /// Returns the access token confirmation: the certificate when
+    /// `with_certificate` (user grants), and the DPoP key.
+    fn confirmation(&self, with_certificate: bool) -> Option<Confirmation> {
+        let cnf = Confirmation {
+            x5t_s256: self.x5t_s256.clone().filter(|_| with_certificate),
+            jkt: self.jkt.clone(),
+        };
+        (!cnf.is_empty()).then_some(cnf)
+    }
+
+    /// Returns what a refresh token family for `client` is bound to: the
+    /// certificate, and the DPoP key for public clients (RFC 9449 section
+    /// 5; a confidential client's refresh tokens are bound by its
+    /// authentication instead).
+    fn family_binding(&self, client: &ClientRecord) -> Option<Confirmation> {
+        let cnf = Confirmation {
+            x5t_s256: self.x5t_s256.clone(),
+            jkt: self
+                .jkt
+                .clone()
+                .filter(|_| client.client.kind == ClientKind::Public),
+        };
+        (!cnf.is_empty()).then_some(cnf)
+    }
+
+    /// Checks a refresh request against the binding of its family.
+    fn satisfies(&self, family: Option<&Confirmation>) -> bool {
+        let Some(family) = family else {
+            return true;
+        };
+        let same = |bound: &Option<String>, presented: &Option<String>| match (bound, presented) {
+            (None, _) => true,
+            (Some(bound), Some(presented)) => {
+                ward_crypto::constant_time_eq(bound.as_bytes(), presented.as_bytes())
+            }
+            (Some(_), None) => false,
+        };
+        same(&family.x5t_s256, &self.x5t_s256) && same(&family.jkt, &self.jkt)
+    }
+
+    /// Returns the `token_type` of an access token with this binding.
+    fn token_type(&self) -> &'static str {
+        if self.jkt.is_some() { "DPoP" } else { "Bearer" }
+    }
 }
 
 /// Decodes the `iss` of a JWT without checking it, to find the client whose
@@ -328,6 +479,7 @@ fn exchange_code(
     server: &OAuthServer,
     client: &ClientRecord,
     params: &Params,
+    binding: &Binding,
     now: OffsetDateTime,
 ) -> OAuthResult<Value> {
     let store = server.store.as_ref();
@@ -382,9 +534,10 @@ fn exchange_code(
     let grant = stored.code.grant.clone();
     let user = active_user(server, &grant.user_id)?;
     let scopes = Scopes::parse(&grant.scope);
-    let family = start_family(server, client, &user, &grant, &scopes, now)?;
+    let family = start_family(server, client, &user, &grant, &scopes, binding, now)?;
 
-    let (mut body, claims) = user_tokens(server, client, &user, &grant.scope, &grant.launch)?;
+    let (mut body, claims) =
+        user_tokens(server, client, &user, &grant.scope, &grant.launch, binding)?;
     if let Some((family_key, mut record, token)) = family {
         record.track(&claims.jti, claims.exp);
         identity::save_family(store, &family_key, &record)?;
@@ -414,6 +567,7 @@ fn start_family(
     user: &UserRecord,
     grant: &ward_auth::oauth::CodeGrant,
     scopes: &Scopes,
+    binding: &Binding,
     now: OffsetDateTime,
 ) -> OAuthResult<Option<(String, FamilyRecord, zeroize::Zeroizing<String>)>> {
     let lifetime = if scopes.contains(&Scope::OfflineAccess) {
@@ -438,6 +592,7 @@ fn start_family(
     let record = FamilyRecord {
         family,
         access_tokens: Vec::new(),
+        binding: binding.family_binding(client),
     };
     Ok(Some((key, record, token)))
 }
@@ -448,13 +603,15 @@ fn active_user(server: &OAuthServer, user_id: &str) -> OAuthResult<UserRecord> {
         .ok_or_else(|| OAuthError::new("invalid_grant", "the user account is disabled"))
 }
 
-/// Signs an access token for a user and builds the token response around it.
+/// Signs an access token for a user, bound to the request's certificate
+/// and DPoP key, and builds the token response around it.
 fn user_tokens(
     server: &OAuthServer,
     client: &ClientRecord,
     user: &UserRecord,
     scope: &str,
     launch: &LaunchContext,
+    binding: &Binding,
 ) -> OAuthResult<(Value, AccessClaims)> {
     let grant = Grant {
         subject: user.id.clone(),
@@ -463,6 +620,8 @@ fn user_tokens(
         role: Some(user.role.clone()),
         fhir_user: user.fhir_user.clone(),
         client_id: Some(client.client.client_id.clone()),
+        cnf: binding.confirmation(true),
+        device: binding.device.clone(),
     };
     let (token, claims) = server
         .issuer
@@ -470,7 +629,7 @@ fn user_tokens(
         .map_err(|e| OAuthError::server(&e))?;
     let mut body = json!({
         "access_token": token,
-        "token_type": "Bearer",
+        "token_type": binding.token_type(),
         "expires_in": server.settings.access_ttl_secs,
         "scope": scope,
     });
@@ -542,6 +701,7 @@ fn refresh(
     server: &OAuthServer,
     client: &ClientRecord,
     params: &Params,
+    binding: &Binding,
     now: OffsetDateTime,
 ) -> OAuthResult<Value> {
     let store = server.store.as_ref();
@@ -554,6 +714,15 @@ fn refresh(
             RefreshError::UnknownToken.to_string(),
         ));
     };
+    // Checked before the rotation, so a stolen token presented without the
+    // bound certificate or key neither works nor spends the real one.
+    if !binding.satisfies(record.binding.as_ref()) {
+        tracing::warn!(target: "ward::auth", client = %client.client.client_id, "refresh token presented without the certificate or DPoP key it is bound to");
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "the refresh token is bound to a client certificate or DPoP key that this request does not present",
+        ));
+    }
     let request = RefreshRequest {
         token,
         client_id: &client.client.client_id,
@@ -589,7 +758,7 @@ fn refresh(
         }
     };
     let launch = record.family.launch.clone();
-    let (mut body, claims) = user_tokens(server, client, &user, &rotation.scope, &launch)?;
+    let (mut body, claims) = user_tokens(server, client, &user, &rotation.scope, &launch, binding)?;
     record.track(&claims.jti, claims.exp);
     identity::save_family(store, &key, &record)?;
     body["refresh_token"] = Value::String(rotation.token.to_string());
@@ -600,6 +769,7 @@ fn client_credentials(
     server: &OAuthServer,
     client: &ClientRecord,
     params: &Params,
+    binding: &Binding,
 ) -> OAuthResult<Value> {
     if client.client.auth_method != TokenEndpointAuthMethod::PrivateKeyJwt {
         return Err(OAuthError::new(
@@ -632,6 +802,8 @@ fn client_credentials(
         subject: client.client.client_id.clone(),
         scope: scope.clone(),
         client_id: Some(client.client.client_id.clone()),
+        // A system client is no device: only a DPoP key binds its token.
+        cnf: binding.confirmation(false),
         ..Grant::default()
     };
     let token = server
@@ -640,7 +812,7 @@ fn client_credentials(
         .map_err(|e| OAuthError::server(&e))?;
     Ok(json!({
         "access_token": token,
-        "token_type": "Bearer",
+        "token_type": binding.token_type(),
         "expires_in": server.settings.access_ttl_secs,
         "scope": scope,
     }))
@@ -677,10 +849,11 @@ impl Caller {
 
 fn caller(
     server: &OAuthServer,
-    headers: &HeaderMap,
+    form: &FormRequest,
     params: &Params,
     confidential_only: bool,
 ) -> OAuthResult<Caller> {
+    let headers = &form.headers;
     if admin_principal(server, headers).is_some() {
         return Ok(Caller::Admin);
     }
@@ -696,10 +869,10 @@ fn caller(
 
 fn introspect_request(
     server: &OAuthServer,
-    headers: &HeaderMap,
+    form: &FormRequest,
     params: &Params,
 ) -> OAuthResult<Response> {
-    let caller = caller(server, headers, params, true)?;
+    let caller = caller(server, form, params, true)?;
     let token = params
         .get("token")
         .ok_or_else(|| OAuthError::new("invalid_request", "token is missing"))?;
@@ -711,7 +884,9 @@ fn introspect_request(
         }
         let mut body = Map::new();
         body.insert("active".into(), Value::Bool(true));
-        body.insert("token_type".into(), "Bearer".into());
+        let dpop_bound = claims.cnf.as_ref().is_some_and(|cnf| cnf.jkt.is_some());
+        let token_type = if dpop_bound { "DPoP" } else { "Bearer" };
+        body.insert("token_type".into(), token_type.into());
         if let Value::Object(fields) = serde_json::to_value(&claims).unwrap_or_default() {
             body.extend(fields);
         }
@@ -744,10 +919,10 @@ fn introspect_request(
 
 fn revoke_request(
     server: &OAuthServer,
-    headers: &HeaderMap,
+    form: &FormRequest,
     params: &Params,
 ) -> OAuthResult<Response> {
-    let caller = caller(server, headers, params, false)?;
+    let caller = caller(server, form, params, false)?;
     let token = params
         .get("token")
         .ok_or_else(|| OAuthError::new("invalid_request", "token is missing"))?;

@@ -14,6 +14,7 @@
 mod audit;
 mod conn;
 mod kv;
+pub(crate) mod raw;
 mod read;
 mod schema;
 mod snapshots;
@@ -27,7 +28,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio::runtime::{Handle, Runtime};
 use tokio_postgres::NoTls;
 use tokio_postgres::config::SslMode;
-use ward_crypto::{DataKey, MasterKey, WrappedKey};
+use ward_crypto::{DataKey, IndexKey, MasterKey, WrappedKey};
 use ward_fhir::search::SearchQuery;
 
 use crate::codec::ResourceCodec;
@@ -235,6 +236,7 @@ impl PostgresStore {
 /// to get here inserts the first key and the others' inserts do nothing.
 /// Every replica then reads back the key that was stored.
 fn load_codec(conn: &Conn<'_>, master: &MasterKey) -> Result<ResourceCodec> {
+    let index = load_index_key(conn, master)?;
     let mut rows = conn.query("SELECT id, wrapped FROM data_keys ORDER BY id", &[])?;
     if rows.is_empty() {
         let key = DataKey::generate()?;
@@ -257,9 +259,37 @@ fn load_codec(conn: &Conn<'_>, master: &MasterKey) -> Result<ResourceCodec> {
     }
     let active =
         active.ok_or_else(|| StoreError::Database("the data_keys table is empty".into()))?;
-    // NOTE: the blind-index key is derived from the master key, so rotating the
-    // master key also means rebuilding every index row.
-    Ok(ResourceCodec::new(keys, active, master.index_key().clone()))
+    Ok(ResourceCodec::new(keys, active, index))
+}
+
+/// Loads the wrapped blind-index key, storing one on first use: a new
+/// random key for a new database, or the key derived from the master key
+/// for a database that already has data, whose index rows were hashed
+/// under it. Replicas starting at once all read back the one key stored.
+fn load_index_key(conn: &Conn<'_>, master: &MasterKey) -> Result<IndexKey> {
+    const SELECT: &str = "SELECT wrapped FROM store_keys WHERE name = 'index'";
+    if let Some(row) = conn.query_opt(SELECT, &[])? {
+        let wrapped: Vec<u8> = column(&row, 0)?;
+        return Ok(master.unwrap_index_key(&WrappedKey::from_bytes(&wrapped)?)?);
+    }
+    let existing: bool = column(
+        &conn.query_one("SELECT EXISTS (SELECT 1 FROM data_keys)", &[])?,
+        0,
+    )?;
+    let key = if existing {
+        master.derived_index_key().clone()
+    } else {
+        IndexKey::generate()?
+    };
+    let wrapped = master.wrap_index_key(&key)?;
+    conn.execute(
+        "INSERT INTO store_keys (name, wrapped, created) VALUES ('index', $1, $2) \
+         ON CONFLICT (name) DO NOTHING",
+        &[&wrapped.as_bytes(), &now_micros()],
+    )?;
+    let row = conn.query_one(SELECT, &[])?;
+    let wrapped: Vec<u8> = column(&row, 0)?;
+    Ok(master.unwrap_index_key(&WrappedKey::from_bytes(&wrapped)?)?)
 }
 
 impl Store for PostgresStore {

@@ -146,6 +146,13 @@ CREATE TABLE audit_state (
     peaks BYTEA NOT NULL
 );
 "#,
+    r#"
+CREATE TABLE store_keys (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    wrapped BYTEA NOT NULL,
+    created BIGINT NOT NULL
+);
+"#,
 ];
 
 /// The schema version this build expects.

@@ -1,9 +1,11 @@
 //! The embedded SQLite backend: one writer connection, a few readers, WAL
 //! journaling with `synchronous=FULL` so an acknowledged write survives a
-//! crash.
+//! crash. Concurrent writes share commits (see `group`).
 
 mod audit;
+mod group;
 mod kv;
+pub(crate) mod raw;
 mod read;
 mod schema;
 mod snapshots;
@@ -15,8 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
-use rusqlite::{Connection, OpenFlags, params};
-use ward_crypto::{DataKey, MasterKey, WrappedKey};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use ward_crypto::{DataKey, IndexKey, MasterKey, WrappedKey};
 use ward_fhir::search::SearchQuery;
 
 use crate::codec::ResourceCodec;
@@ -38,6 +40,9 @@ pub struct SqliteOptions {
     /// The maximum number of candidates a search may decrypt to check
     /// criteria that the indexes cannot evaluate.
     pub max_scan: usize,
+    /// The maximum number of concurrent write transactions that share one
+    /// commit and fsync; 1 gives every write a commit of its own.
+    pub max_group_commit: usize,
 }
 
 impl SqliteOptions {
@@ -47,13 +52,14 @@ impl SqliteOptions {
             path: path.into(),
             readers: 4,
             max_scan: 50_000,
+            max_group_commit: group::DEFAULT_MAX_GROUP,
         }
     }
 }
 
 /// The SQLite store.
 pub struct SqliteStore {
-    writer: Mutex<Connection>,
+    writer: group::GroupWriter,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     codec: Arc<ResourceCodec>,
@@ -98,7 +104,7 @@ impl SqliteStore {
             |row| row.get(0),
         )?;
         Ok(Self {
-            writer: Mutex::new(writer),
+            writer: group::GroupWriter::new(writer, options.max_group_commit),
             readers,
             next_reader: AtomicUsize::new(0),
             codec: Arc::new(codec),
@@ -110,7 +116,7 @@ impl SqliteStore {
 
     /// The schema version of the open database.
     pub fn schema_version(&self) -> Result<i64> {
-        schema::version(&self.writer.lock())
+        schema::version(&self.writer.lock().conn)
     }
 
     fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
@@ -155,6 +161,7 @@ fn create_private(path: &Path) -> Result<()> {
 /// Loads and unwraps every data key, creating the first one on a new
 /// database.
 fn load_codec(conn: &Connection, master: &MasterKey) -> Result<ResourceCodec> {
+    let index = load_index_key(conn, master)?;
     let mut keys = HashMap::new();
     let mut active = None;
     {
@@ -183,9 +190,38 @@ fn load_codec(conn: &Connection, master: &MasterKey) -> Result<ResourceCodec> {
             id
         }
     };
-    // NOTE: the blind-index key is derived from the master key, so rotating the
-    // master key also means rebuilding every index row.
-    Ok(ResourceCodec::new(keys, active, master.index_key().clone()))
+    Ok(ResourceCodec::new(keys, active, index))
+}
+
+/// Loads the wrapped blind-index key, storing one on first use: a new
+/// random key for a new database, or the key derived from the master key
+/// for a database that already has data, whose index rows were hashed
+/// under it.
+fn load_index_key(conn: &Connection, master: &MasterKey) -> Result<IndexKey> {
+    let stored: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT wrapped FROM store_keys WHERE name = 'index'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(wrapped) = stored {
+        return Ok(master.unwrap_index_key(&WrappedKey::from_bytes(&wrapped)?)?);
+    }
+    let existing: bool = conn.query_row("SELECT EXISTS (SELECT 1 FROM data_keys)", [], |row| {
+        row.get(0)
+    })?;
+    let key = if existing {
+        master.derived_index_key().clone()
+    } else {
+        IndexKey::generate()?
+    };
+    let wrapped = master.wrap_index_key(&key)?;
+    conn.execute(
+        "INSERT INTO store_keys (name, wrapped, created) VALUES ('index', ?1, ?2)",
+        params![wrapped.as_bytes(), now_micros()],
+    )?;
+    Ok(key)
 }
 
 /// Encodes bytes as lowercase hexadecimal.
@@ -215,7 +251,8 @@ impl Store for SqliteStore {
     }
 
     fn kv_put(&self, ns: &str, key: &str, value: &[u8], expires: Option<i64>) -> Result<()> {
-        kv::put(&self.writer.lock(), &self.codec, ns, key, value, expires)
+        self.writer
+            .write(|conn| kv::put(conn, &self.codec, ns, key, value, expires))
     }
 
     fn kv_insert_new(
@@ -225,27 +262,17 @@ impl Store for SqliteStore {
         value: &[u8],
         expires: Option<i64>,
     ) -> Result<bool> {
-        let conn = self.writer.lock();
-        kv::insert_new(&conn, &self.codec, ns, key, value, expires)
+        self.writer
+            .write(|conn| kv::insert_new(conn, &self.codec, ns, key, value, expires))
     }
 
     fn kv_take(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
-        let conn = self.writer.lock();
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        match kv::take(&conn, &self.codec, ns, key) {
-            Ok(value) => {
-                conn.execute_batch("COMMIT")?;
-                Ok(value)
-            }
-            Err(err) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                Err(err)
-            }
-        }
+        self.writer
+            .write(|conn| kv::take(conn, &self.codec, ns, key))
     }
 
     fn kv_delete(&self, ns: &str, key: &str) -> Result<bool> {
-        kv::delete(&self.writer.lock(), ns, key)
+        self.writer.write(|conn| kv::delete(conn, ns, key))
     }
 
     fn kv_list(&self, ns: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
@@ -313,9 +340,8 @@ impl Store for SqliteStore {
     }
 
     fn begin(&self) -> Result<Box<dyn WriteTx + '_>> {
-        let conn = self.writer.lock();
         Ok(Box::new(write::SqliteWriteTx::begin(
-            conn,
+            self.writer.lock(),
             &self.codec,
             &self.clock,
             self.max_scan,

@@ -134,6 +134,13 @@ CREATE TABLE audit_state (
     peaks BLOB NOT NULL
 );
 "#,
+    r#"
+CREATE TABLE store_keys (
+    name TEXT PRIMARY KEY,
+    wrapped BLOB NOT NULL,
+    created INTEGER NOT NULL
+);
+"#,
 ];
 
 /// The schema version this build expects.

@@ -1,13 +1,15 @@
-//! The SQLite write transaction: `BEGIN IMMEDIATE` on the one writer
-//! connection, so writes are serialized and `If-Match` checks cannot race.
+//! The SQLite write transaction: a savepoint in the group transaction of
+//! the one writer connection (see `group`), so writes are serialized and
+//! `If-Match` checks cannot race.
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use ward_fhir::search::{SearchQuery, index_resource};
 
 use crate::codec::ResourceCodec;
 use crate::index;
+use crate::sqlite::group::WriterGuard;
 use crate::sqlite::now_micros;
 use crate::sqlite::read::Reader;
 use crate::types::{Method, ResourceKey, ResourceVersion, WriteTx};
@@ -15,11 +17,11 @@ use crate::{Result, StoreError};
 
 /// An open write transaction; dropped without commit, it rolls back.
 pub(crate) struct SqliteWriteTx<'a> {
-    conn: MutexGuard<'a, Connection>,
+    /// The locked writer; `None` once committed.
+    writer: Option<WriterGuard<'a>>,
     codec: &'a ResourceCodec,
     clock: &'a Mutex<i64>,
     max_scan: usize,
-    open: bool,
     /// The audit state with this transaction's records, once it has any.
     audit_work: Option<ward_audit::Appender>,
 }
@@ -34,20 +36,26 @@ struct Current {
 impl<'a> SqliteWriteTx<'a> {
     /// Starts the transaction.
     pub(crate) fn begin(
-        conn: MutexGuard<'a, Connection>,
+        mut writer: WriterGuard<'a>,
         codec: &'a ResourceCodec,
         clock: &'a Mutex<i64>,
         max_scan: usize,
     ) -> Result<Self> {
-        conn.execute_batch("BEGIN IMMEDIATE")?;
+        writer.begin()?;
         Ok(Self {
-            conn,
+            writer: Some(writer),
             codec,
             clock,
             max_scan,
-            open: true,
             audit_work: None,
         })
+    }
+
+    fn conn(&self) -> Result<&Connection> {
+        self.writer
+            .as_ref()
+            .map(|writer| &writer.conn)
+            .ok_or_else(|| StoreError::Database("the write transaction already ended".into()))
     }
 
     fn reader(&self) -> Reader<'_> {
@@ -66,7 +74,7 @@ impl<'a> SqliteWriteTx<'a> {
     }
 
     fn current(&self, resource_type: &str, id: &str) -> Result<Option<Current>> {
-        let mut stmt = self.conn.prepare_cached(
+        let mut stmt = self.conn()?.prepare_cached(
             "SELECT pk, version, deleted FROM resources WHERE type = ?1 AND id = ?2",
         )?;
         let row = stmt
@@ -94,7 +102,7 @@ impl<'a> SqliteWriteTx<'a> {
             }
             None => (None, None),
         };
-        let mut stmt = self.conn.prepare_cached(
+        let mut stmt = self.conn()?.prepare_cached(
             "INSERT INTO versions (res_pk, type, id, version, last_updated, method, key_id, body) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
@@ -108,7 +116,7 @@ impl<'a> SqliteWriteTx<'a> {
             key_id,
             body
         ])?;
-        Ok(self.conn.last_insert_rowid())
+        Ok(self.conn()?.last_insert_rowid())
     }
 
     /// Replaces the index rows of a resource.
@@ -121,7 +129,7 @@ impl<'a> SqliteWriteTx<'a> {
             "idx_reference",
             "idx_uri",
         ] {
-            self.conn
+            self.conn()?
                 .prepare_cached(&format!("DELETE FROM {table} WHERE res_pk = ?1"))?
                 .execute([res_pk])?;
         }
@@ -129,7 +137,7 @@ impl<'a> SqliteWriteTx<'a> {
             return Ok(());
         };
         let rows = index::rows(self.codec, &index_resource(resource));
-        let conn = &self.conn;
+        let conn = self.conn()?;
         let mut stmt = conn.prepare_cached(
             "INSERT INTO idx_string (res_pk, param, kind, hash) VALUES (?1, ?2, ?3, ?4)",
         )?;
@@ -187,13 +195,13 @@ impl<'a> SqliteWriteTx<'a> {
         let res_pk = match &current {
             Some(c) => c.pk,
             None => {
-                self.conn
+                self.conn()?
                     .prepare_cached(
                         "INSERT INTO resources (type, id, version, deleted, last_updated, vpk) \
                          VALUES (?1, ?2, 0, 0, 0, 0)",
                     )?
                     .execute(params![resource_type, id])?;
-                self.conn.last_insert_rowid()
+                self.conn()?.last_insert_rowid()
             }
         };
         let stored = ResourceVersion {
@@ -205,7 +213,7 @@ impl<'a> SqliteWriteTx<'a> {
             resource: Some(resource),
         };
         let vpk = self.insert_version(res_pk, &stored)?;
-        self.conn
+        self.conn()?
             .prepare_cached(
                 "UPDATE resources SET version = ?1, deleted = 0, last_updated = ?2, vpk = ?3 WHERE pk = ?4",
             )?
@@ -254,11 +262,11 @@ fn stamp(resource: &mut Value, version: u64, last_updated: i64) {
 
 impl WriteTx for SqliteWriteTx<'_> {
     fn read(&mut self, resource_type: &str, id: &str) -> Result<ResourceVersion> {
-        self.reader().read(&self.conn, resource_type, id)
+        self.reader().read(self.conn()?, resource_type, id)
     }
 
     fn search_keys(&mut self, query: &SearchQuery, limit: usize) -> Result<Vec<ResourceKey>> {
-        self.reader().search_keys(&self.conn, query, limit)
+        self.reader().search_keys(self.conn()?, query, limit)
     }
 
     fn create(&mut self, resource: Value) -> Result<ResourceVersion> {
@@ -337,7 +345,7 @@ impl WriteTx for SqliteWriteTx<'_> {
             resource: None,
         };
         let vpk = self.insert_version(current.pk, &marker)?;
-        self.conn
+        self.conn()?
             .prepare_cached(
                 "UPDATE resources SET version = ?1, deleted = 1, last_updated = ?2, vpk = ?3 WHERE pk = ?4",
             )?
@@ -357,29 +365,32 @@ impl WriteTx for SqliteWriteTx<'_> {
         // database, such as `ward import`, cannot fork the chain.
         let mut work = match self.audit_work.take() {
             Some(work) => work,
-            None => super::audit::load(&self.conn)?,
+            None => super::audit::load(self.conn()?)?,
         };
-        let result = super::audit::append(&self.conn, &mut work, record);
+        let result = super::audit::append(self.conn()?, &mut work, record);
         self.audit_work = Some(work);
         result
     }
 
     fn commit(mut self: Box<Self>) -> Result<()> {
         if let Some(work) = &self.audit_work {
-            super::audit::save(&self.conn, work)?;
+            super::audit::save(self.conn()?, work)?;
         }
-        self.conn.execute_batch("COMMIT")?;
-        self.open = false;
-        Ok(())
+        let mut writer = self
+            .writer
+            .take()
+            .ok_or_else(|| StoreError::Database("the write transaction already ended".into()))?;
+        let durable = writer.release()?;
+        // Unlocking commits the group, or leaves that to a queued writer.
+        drop(writer);
+        durable.wait()
     }
 }
 
 impl Drop for SqliteWriteTx<'_> {
     fn drop(&mut self) {
-        if self.open
-            && let Err(error) = self.conn.execute_batch("ROLLBACK")
-        {
-            tracing::error!(%error, "rolling back a write transaction failed");
+        if let Some(writer) = self.writer.as_mut() {
+            writer.rollback();
         }
     }
 }
