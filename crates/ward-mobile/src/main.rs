@@ -100,7 +100,8 @@ enum Command {
     Status,
     /// Lock the keys (the CLI unlocks them for each command).
     Lock,
-    /// Report the posture to the server; wipes when the server says so.
+    /// Report the posture to the server, and wipe this device when the
+    /// server orders a wipe.
     Checkin {
         /// Report a changed posture: whether a screen lock is set. With
         /// this or --storage-encrypted, the new posture is stored and

@@ -5,7 +5,7 @@
 //! Build the server first, then run the benchmark in release mode:
 //!
 //! ```text
-//! cargo build --release -p ward --examples
+//! cargo build --release -p ward --bins --examples
 //! target/release/examples/bench [--patients 60] [--clients 32] [--backends sqlite,postgres]
 //! ```
 //!
@@ -87,7 +87,7 @@ async fn run(options: Options) -> Result<()> {
     };
     if !ward.is_file() {
         bail!(
-            "{} not found; run 'cargo build --release -p ward --examples' first or pass --ward",
+            "{} not found; run 'cargo build --release -p ward --bins --examples' first or pass --ward",
             ward.display()
         );
     }
