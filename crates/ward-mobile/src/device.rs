@@ -33,12 +33,30 @@ impl Posture {
     pub fn of_this_machine(screen_lock: bool, storage_encrypted: bool) -> Posture {
         Posture {
             os: std::env::consts::OS.to_owned(),
-            os_version: String::new(),
+            os_version: os_version(),
             screen_lock,
             storage_encrypted,
             rooted: false,
             app_version: env!("CARGO_PKG_VERSION").to_owned(),
         }
+    }
+}
+
+/// The running kernel's dotted version (`6.1.0` of `6.1.0-18-amd64`) on
+/// Linux, read from `/proc/sys/kernel/osrelease`; `0` where it cannot be
+/// read, which the server's minimum-version rule then rejects by name.
+fn os_version() -> String {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let dotted: String = release
+        .trim()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let dotted = dotted.trim_end_matches('.');
+    if dotted.is_empty() {
+        "0".to_owned()
+    } else {
+        dotted.to_owned()
     }
 }
 
@@ -187,6 +205,20 @@ fn compliance(value: &Value) -> Compliance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn machine_posture_has_dotted_version() {
+        let posture = Posture::of_this_machine(true, true);
+        assert!(!posture.os_version.is_empty());
+        assert!(
+            posture
+                .os_version
+                .split('.')
+                .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_digit())),
+            "{}",
+            posture.os_version
+        );
+    }
 
     #[test]
     fn csr_signed_by_new_key() {

@@ -8,13 +8,31 @@ use ward_audit::record::{Action, Subtype};
 use ward_server::audit::Auditor;
 use ward_store::Store;
 
-/// The operating-system account running the command: `SUDO_USER` when the
-/// command runs under sudo, else `USER`, else `unknown`.
+/// The operating-system account running the command, as `os:NAME`: the
+/// real user id from `/proc/self/status`, named through `/etc/passwd`
+/// (`os:uid=N` when it has no entry). Environment variables such as `USER`
+/// are not used, because the caller sets them.
 fn operator() -> String {
-    ["SUDO_USER", "USER", "LOGNAME"]
-        .iter()
-        .find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
-        .map_or_else(|| "unknown".to_owned(), |name| format!("os:{name}"))
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(uid) = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next())
+        .map(str::to_owned)
+    else {
+        return "os:unknown".to_owned();
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let entry_uid = fields.nth(1)?;
+        (entry_uid == uid).then(|| name.to_owned())
+    });
+    match name {
+        Some(name) => format!("os:{name}"),
+        None => format!("os:uid={uid}"),
+    }
 }
 
 /// Appends the record of one administrative change to the audit log of

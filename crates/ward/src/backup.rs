@@ -110,6 +110,18 @@ pub fn run_backup(args: &BackupArgs) -> Result<()> {
     linked?;
 
     let rows: u64 = manifest.row_counts.values().sum();
+    let store = ward_store::open(&settings.store, &keys.master)
+        .with_context(|| format!("opening the database {}", settings.store.describe()))?;
+    crate::admin_audit::record_change(
+        store.as_ref(),
+        "backup_written",
+        ward_audit::record::Subtype::UseOfRestrictedFunction,
+        ward_audit::record::Action::Read,
+        &[
+            ("file", &args.out.display().to_string()),
+            ("rows", &rows.to_string()),
+        ],
+    )?;
     println!(
         "backup written to {}: {} rows from {} ({}), backup key {}",
         args.out.display(),

@@ -358,6 +358,15 @@ fn report(args: &DeviceIdArgs) -> Result<()> {
     let policy = load_policy(&args.store)?;
     let report =
         ward_device::report::build(store.as_ref(), &id, &policy, OffsetDateTime::now_utc())?;
+    // The report lists the patients the device fetched, so reading it is
+    // recorded like any other access to that list.
+    record_change(
+        store.as_ref(),
+        "device_report_read",
+        Subtype::UseOfRestrictedFunction,
+        Action::Read,
+        &[("device", id.as_str())],
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

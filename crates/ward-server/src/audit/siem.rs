@@ -185,6 +185,9 @@ impl Destination {
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(client_config(ca_pem)?)
             .timeout(IO_TIMEOUT)
+            // A redirect would send the batch somewhere not configured, and
+            // count as delivered; it is an error, retried like any other.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| SiemError::InvalidCa(e.to_string()))?;
         Ok(Self::Https {
@@ -508,7 +511,7 @@ async fn post_jsonl(request: reqwest::RequestBuilder, rows: &[StoredAudit]) -> R
         .body(json_lines(rows))
         .send()
         .await
-        .map_err(|e| format!("posting to the SIEM endpoint failed: {e}"))?;
+        .map_err(|e| format!("posting to the SIEM endpoint failed: {}", e.without_url()))?;
     let status = response.status();
     if status.is_success() {
         Ok(())

@@ -236,8 +236,9 @@ fn issue_token(
     Ok(body)
 }
 
-/// Rejects a token request from a device that is unknown or revoked.
-fn check_device_active(server: &OAuthServer, device: &str) -> OAuthResult<()> {
+/// Rejects a token request from a device that is unknown or revoked, and
+/// returns the id of the user the device was enrolled for.
+fn check_device_active(server: &OAuthServer, device: &str) -> OAuthResult<String> {
     let revoked = || {
         OAuthError::new(
             "invalid_grant",
@@ -246,7 +247,7 @@ fn check_device_active(server: &OAuthServer, device: &str) -> OAuthResult<()> {
     };
     let id = ward_device::DeviceId::parse(device).map_err(|_| revoked())?;
     match ward_device::registry::load(server.store.as_ref(), &id) {
-        Ok(Some(record)) if record.revocation.is_none() => Ok(()),
+        Ok(Some(device)) if device.revocation.is_none() => Ok(device.record.user_id),
         Ok(_) => Err(revoked()),
         Err(error) => {
             tracing::error!(target: "ward::auth", %error, device, "reading the device record failed");
@@ -266,6 +267,8 @@ struct Binding {
     x5t_s256: Option<String>,
     /// The device the client certificate names.
     device: Option<String>,
+    /// The user that device was enrolled for.
+    device_owner: Option<String>,
     /// The thumbprint of the DPoP proof's key.
     jkt: Option<String>,
 }
@@ -286,7 +289,7 @@ impl Binding {
             binding.device = certificate.device_id();
         }
         if let Some(device) = &binding.device {
-            check_device_active(server, device)?;
+            binding.device_owner = Some(check_device_active(server, device)?);
         }
         if !form.headers.contains_key(DPOP_HEADER) {
             return Ok(binding);
@@ -613,6 +616,18 @@ fn user_tokens(
     launch: &LaunchContext,
     binding: &Binding,
 ) -> OAuthResult<(Value, AccessClaims)> {
+    // A device speaks only for the user it was enrolled for, so the
+    // lost-device report names everyone who used it.
+    if binding
+        .device_owner
+        .as_ref()
+        .is_some_and(|owner| owner != &user.id)
+    {
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "this device is enrolled for another user; enroll it for this user first",
+        ));
+    }
     let grant = Grant {
         subject: user.id.clone(),
         scope: scope.to_owned(),
