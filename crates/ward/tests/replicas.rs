@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::device::{device_client, enroll, post, posture};
 use common::{Server, TestDatabase, json_body, psql, send};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -222,24 +223,6 @@ async fn paging_continues_on_the_other_replica() {
     assert_eq!(seen, expected, "every match once, in order");
 }
 
-/// POSTs `body` as JSON with `client`, with `token` as the bearer token
-/// when set, and returns the status and the JSON answer.
-async fn post_device(
-    client: &reqwest::Client,
-    url: &str,
-    token: Option<&str>,
-    body: &Value,
-) -> (StatusCode, Value) {
-    let mut request = client.post(url).json(body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.expect("send");
-    let status = response.status();
-    let bytes = response.bytes().await.expect("body");
-    (status, common::parse_body(&bytes))
-}
-
 #[tokio::test]
 async fn device_revoke_reaches_other_replica() {
     let Some(pair) = Pair::start() else {
@@ -261,56 +244,18 @@ async fn device_revoke_reaches_other_replica() {
     // Enroll through replica A.
     let admin = pair.a.token("admin");
     let a = pair.a.origin().to_owned();
-    let (status, code) = post_device(
-        &pair.a.client(),
-        &format!("{a}/device/enrollment-codes"),
-        Some(&admin),
-        &json!({"user": "bob"}),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{code}");
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("a key");
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .expect("params")
-        .serialize_request(&key)
-        .expect("a CSR");
-    let posture = json!({
-        "os": "android", "os_version": "14", "screen_lock": true,
-        "storage_encrypted": true, "rooted": false, "app_version": "0.1.0",
-    });
-    let (status, enrolled) = post_device(
-        &pair.a.client(),
-        &format!("{a}/device/enroll"),
-        None,
-        &json!({"code": code["code"], "csr": csr.pem().expect("PEM"), "name": "Bob's phone", "posture": posture}),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{enrolled}");
-    let id = enrolled["device_id"]
-        .as_str()
-        .expect("device id")
-        .to_owned();
-    let certificate = enrolled["certificate"].as_str().expect("certificate");
+    let enrolled = enroll(&pair.a, &admin, "bob").await;
+    let id = enrolled.id.clone();
 
     // The device talks to replica B.
-    let ca = std::fs::read(pair.b.data_dir().join("ca.pem")).expect("read ca.pem");
-    let identity =
-        reqwest::Identity::from_pem(format!("{certificate}{}", key.serialize_pem()).as_bytes())
-            .expect("device identity");
-    let device = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA"))
-        .identity(identity)
-        .build()
-        .expect("device client");
+    let device = device_client(&pair.b, &enrolled.certificate, &enrolled.key);
     let checkin = format!("{}/device/checkin", pair.b.origin());
-    let (status, active) = post_device(&device, &checkin, None, &json!({"posture": posture})).await;
+    let (status, active) = post(&device, &checkin, None, &json!({"posture": posture(true)})).await;
     assert_eq!(status, StatusCode::OK, "{active}");
     assert_eq!(active["status"], "active");
 
     // Revoked on A; B reports it at the very next contact.
-    let (status, revoked) = post_device(
+    let (status, revoked) = post(
         &pair.a.client(),
         &format!("{a}/admin/devices/{id}/revoke"),
         Some(&admin),
@@ -318,7 +263,7 @@ async fn device_revoke_reaches_other_replica() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{revoked}");
-    let (status, seen) = post_device(&device, &checkin, None, &json!({"posture": posture})).await;
+    let (status, seen) = post(&device, &checkin, None, &json!({"posture": posture(true)})).await;
     assert_eq!(status, StatusCode::OK, "{seen}");
     assert_eq!(seen["status"], "revoked");
     assert_eq!(seen["wipe"], true);

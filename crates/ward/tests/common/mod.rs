@@ -10,6 +10,7 @@
 
 #![allow(dead_code)]
 
+pub mod device;
 pub mod fixtures;
 
 use std::collections::BTreeMap;
