@@ -112,6 +112,13 @@ pub fn create_code(
     Ok(NewCode { code, record })
 }
 
+/// Builds the enrollment URL of `code` on the server at `origin`. The code
+/// sits in the fragment (`#code=`), which clients never send to a server,
+/// so it stays out of server and proxy access logs.
+pub fn enrollment_url(origin: &str, code: &str) -> String {
+    format!("{}/device/enroll#code={code}", origin.trim_end_matches('/'))
+}
+
 /// Redeems a code: removes it and returns its record when it was valid at
 /// `now`.
 ///
@@ -180,6 +187,13 @@ pub fn pending_codes(store: &dyn Store, now: OffsetDateTime) -> Result<Vec<CodeR
 mod tests {
     use super::*;
     use crate::store::tests::temp_store;
+
+    #[test]
+    fn enrollment_url_carries_code_in_fragment() {
+        let url = enrollment_url("https://ward.test:8443/", "abc-_1");
+        assert_eq!(url, "https://ward.test:8443/device/enroll#code=abc-_1");
+        assert!(!url.contains('?'));
+    }
 
     #[test]
     fn code_works_once() {

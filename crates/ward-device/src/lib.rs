@@ -25,7 +25,9 @@ pub mod registry;
 pub mod report;
 mod store;
 
-pub use code::{CodeRecord, NewCode, code_ttl, create_code, redeem_code, restore_code};
+pub use code::{
+    CodeRecord, NewCode, code_ttl, create_code, enrollment_url, redeem_code, restore_code,
+};
 pub use error::{DeviceError, Result};
 pub use id::{DEVICE_URI_PREFIX, DeviceId};
 pub use policy::{Compliance, PosturePolicy, RuleFailure};

@@ -33,6 +33,10 @@ pub const MAX_NAME_LEN: usize = 64;
 /// How often the last sync time is written at most, per device.
 const SYNC_WRITE_INTERVAL: Duration = Duration::seconds(60);
 
+/// How far a device's clock may differ from the server's when it reports
+/// the time it wiped itself.
+pub const WIPE_CLOCK_SKEW: Duration = Duration::minutes(5);
+
 /// The reason a device was revoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -138,9 +142,11 @@ pub struct WipeConfirmation {
     /// When the server received the confirmation.
     #[serde(with = "time::serde::rfc3339")]
     pub confirmed_at: OffsetDateTime,
-    /// The wipe time the device reported.
-    #[serde(with = "time::serde::rfc3339")]
-    pub wiped_at: OffsetDateTime,
+    /// The wipe time the device reported, kept only when it falls between
+    /// the wipe request and the confirmation, give or take
+    /// [`WIPE_CLOCK_SKEW`].
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub wiped_at: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -465,8 +471,11 @@ pub fn revoke(
     Ok(device)
 }
 
-/// Records the device's confirmation that it wiped itself. Only a device
-/// whose wipe was requested may confirm one.
+/// Records the device's confirmation that it wiped itself at `now`, the
+/// server's time. The device's own `wiped_at` claim is kept only when it
+/// lies between the wipe request and `now`, give or take
+/// [`WIPE_CLOCK_SKEW`]. Only a device whose wipe was requested may confirm
+/// one.
 ///
 /// # Errors
 ///
@@ -483,13 +492,26 @@ pub fn confirm_wipe(
             "no wipe was requested for device {id}"
         )));
     }
+    let requested_at = device.revocation.as_ref().and_then(|r| r.wipe_requested_at);
     let confirmation = WipeConfirmation {
         confirmed_at: now,
-        wiped_at,
+        wiped_at: plausible_wipe_time(wiped_at, requested_at, now),
     };
     write_json(store, NS_WIPE, id.as_str(), &confirmation, None)?;
     device.wipe = Some(confirmation);
     Ok(device)
+}
+
+/// Returns `claimed` when it lies within [`WIPE_CLOCK_SKEW`] of the span
+/// from the wipe request to `now`.
+fn plausible_wipe_time(
+    claimed: OffsetDateTime,
+    requested_at: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Option<OffsetDateTime> {
+    let after_request = requested_at.is_none_or(|at| claimed >= at - WIPE_CLOCK_SKEW);
+    let before_now = claimed <= now + WIPE_CLOCK_SKEW;
+    (after_request && before_now).then_some(claimed)
 }
 
 /// Notes a request made with a token bound to the device. The time is
@@ -631,6 +653,32 @@ pub(crate) mod tests {
             .summary(&PosturePolicy::default(), now);
         assert_eq!(summary.wipe_confirmed_at, Some(now));
         assert_eq!(summary.reason, Some(RevokeReason::Stolen));
+    }
+
+    #[test]
+    fn wipe_confirmation_drops_implausible_claim() {
+        let (_dir, store) = temp_store();
+        let requested = OffsetDateTime::now_utc();
+        let device = enrolled(&*store, requested);
+        revoke(&*store, device.id(), None, "admin", requested).unwrap();
+        let now = requested + Duration::minutes(10);
+        let cases = [
+            (now + Duration::days(365), None),
+            (requested - Duration::days(1), None),
+            (now + Duration::minutes(1), Some(now + Duration::minutes(1))),
+            (
+                requested + Duration::minutes(2),
+                Some(requested + Duration::minutes(2)),
+            ),
+        ];
+        for (claimed, kept) in cases {
+            let wiped = confirm_wipe(&*store, device.id(), claimed, now).unwrap();
+            let confirmation = wiped.wipe.unwrap();
+            assert_eq!(confirmation.confirmed_at, now, "claimed {claimed}");
+            assert_eq!(confirmation.wiped_at, kept, "claimed {claimed}");
+            let stored = require(&*store, device.id()).unwrap().wipe.unwrap();
+            assert_eq!(stored.wiped_at, kept, "claimed {claimed}");
+        }
     }
 
     #[test]

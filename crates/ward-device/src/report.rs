@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use ward_audit::record::{Action, Entity, Outcome};
+use ward_audit::record::{Action, Entity, EventType, Outcome};
 use ward_audit::{AuditRecord, ChainEntry};
 use ward_store::Store;
 
@@ -62,8 +62,9 @@ pub struct LostDeviceReport {
     /// The last check-in.
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_checkin: Option<OffsetDateTime>,
-    /// The last data request: the later of the recorded sync time and the
-    /// newest audit record of the device.
+    /// The last FHIR request: the later of the recorded sync time and the
+    /// newest FHIR REST audit record of the device. Check-ins, renewals,
+    /// wipe confirmations and rejected requests do not count.
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_sync: Option<OffsetDateTime>,
     /// When the wipe was requested.
@@ -74,7 +75,8 @@ pub struct LostDeviceReport {
     /// When the server received the confirmation.
     #[serde(with = "time::serde::rfc3339::option")]
     pub wipe_confirmed_at: Option<OffsetDateTime>,
-    /// The wipe time the device reported.
+    /// The wipe time the device reported, when it was plausible (see
+    /// [`registry::confirm_wipe`]).
     #[serde(with = "time::serde::rfc3339::option")]
     pub wiped_at: Option<OffsetDateTime>,
     /// The patients whose data the device fetched, by patient id.
@@ -116,7 +118,9 @@ impl ReportBuilder {
             return;
         }
         self.audit_records += 1;
-        self.last_seen = self.last_seen.max(Some(record.recorded));
+        if record.event_type == EventType::Rest {
+            self.last_seen = self.last_seen.max(Some(record.recorded));
+        }
         if record.action != Action::Read || record.outcome != Outcome::Success {
             return;
         }
@@ -163,7 +167,7 @@ impl ReportBuilder {
             wipe_requested_at: revocation.and_then(|r| r.wipe_requested_at),
             wipe_confirmed: device.wipe.is_some(),
             wipe_confirmed_at: device.wipe.as_ref().map(|w| w.confirmed_at),
-            wiped_at: device.wipe.as_ref().map(|w| w.wiped_at),
+            wiped_at: device.wipe.as_ref().and_then(|w| w.wiped_at),
             patients: self.patients.into_values().collect(),
             audit_records: self.audit_records,
             generated_at: now,
@@ -348,6 +352,25 @@ mod tests {
         assert_eq!(report.last_sync, Some(t2));
         assert_eq!(report.storage_encrypted, Some(true));
         assert!(!report.wipe_confirmed);
+    }
+
+    #[test]
+    fn last_sync_ignores_device_events() {
+        let (_dir, store) = temp_store();
+        let now = OffsetDateTime::now_utc();
+        let device = enrolled(&*store, now);
+        let id = device.id().as_str().to_owned();
+        let fetched = now + Duration::minutes(1);
+        let confirmed = now + Duration::minutes(5);
+        let mut builder = ReportBuilder::new(device);
+        builder.add(&read_record(Some(&id), &["p1"], fetched));
+        let mut wipe = read_record(Some(&id), &[], confirmed);
+        wipe.event_type = EventType::Device;
+        wipe.action = Action::Execute;
+        builder.add(&wipe);
+        let report = builder.finish(&PosturePolicy::default(), confirmed);
+        assert_eq!(report.last_sync, Some(fetched));
+        assert_eq!(report.audit_records, 2);
     }
 
     #[test]

@@ -41,6 +41,11 @@ pub struct ClientOptions {
     /// still learns of its wipe at once, because its next FHIR request is
     /// rejected with 401 and the client then checks in.
     pub checkin_interval_secs: u64,
+    /// Time before its certificate expires at which a check-in renews it
+    /// (`/device/renew`, the current certificate proving possession), in
+    /// seconds. The stored tokens are bound to the old certificate, so the
+    /// user signs in again after a renewal.
+    pub renew_before_secs: u64,
 }
 
 impl Default for ClientOptions {
@@ -52,6 +57,7 @@ impl Default for ClientOptions {
             kdf: KdfCost::default(),
             device_name: "ward-mobile".to_owned(),
             checkin_interval_secs: 0,
+            renew_before_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -100,8 +106,13 @@ pub struct PatientRecord {
 /// The state of the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
-    /// Whether keys exist.
-    pub enrolled: bool,
+    /// Whether sealed keys exist, made by `enroll` or `provision`.
+    pub has_keys: bool,
+    /// Whether the device has a certificate from enrollment. It is `None`
+    /// while the keys are locked, because the configuration that records
+    /// it is sealed. A provisioned device reports `Some(false)`, because it
+    /// uses bearer tokens and has no certificate.
+    pub enrolled: Option<bool>,
     /// Whether the keys are unlocked now.
     pub unlocked: bool,
     /// Consecutive wrong PINs.
@@ -545,8 +556,51 @@ impl Client {
             .put_json(kind::SYNC, CHECKIN_KEY, None, &now())?;
         if answer.status == "revoked" {
             tracing::warn!(target: "ward_mobile", wipe = answer.wipe, "the server reports this device revoked");
+        } else if self.renewal_due(answer.certificate_not_after.as_deref()) {
+            self.renew_in(session, transport)?;
         }
         Ok(Some(answer))
+    }
+
+    /// Returns true when the certificate expires within
+    /// `renew_before_secs` of now.
+    fn renewal_due(&self, not_after: Option<&str>) -> bool {
+        let Some(not_after) = not_after.and_then(|text| {
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+        }) else {
+            return false;
+        };
+        not_after.unix_timestamp() - now() <= self.options.renew_before_secs as i64
+    }
+
+    /// Renews the device certificate now, for the same device key, and
+    /// returns its new expiry. The tokens bound to the old certificate are
+    /// dropped, so the user signs in again.
+    pub fn renew(&self) -> MobileResult<String> {
+        self.with_session(|session| {
+            let transport = transport(session)?;
+            self.renew_in(session, &transport)
+        })
+    }
+
+    fn renew_in(&self, session: &Session, transport: &Transport) -> MobileResult<String> {
+        let mut config = config(&session.store)?;
+        if config.certificate_pem.is_none() {
+            return Err(MobileError::invalid(
+                "device",
+                "this device has no certificate; enroll it with a code",
+            ));
+        }
+        let csr = device::csr_for(session.keys.device_key_der())?;
+        let (certificate, not_after) = device::renew(transport, &csr)?;
+        config.certificate_pem = Some(certificate);
+        config.not_after = Some(not_after.clone());
+        session
+            .store
+            .put_json(kind::CONFIG, CONFIG_KEY, None, &config)?;
+        session.store.delete(kind::TOKEN, TOKEN_KEY)?;
+        tracing::info!(target: "ward_mobile", not_after = %not_after, "renewed the device certificate");
+        Ok(not_after)
     }
 
     /// Wipes after a server order and confirms it with the certificate,
@@ -703,14 +757,15 @@ impl Client {
 
     /// The client's state; most fields need the client unlocked.
     pub fn status(&self) -> MobileResult<Status> {
-        let enrolled = self.keys.exists();
-        let file = if enrolled {
+        let has_keys = self.keys.exists();
+        let file = if has_keys {
             Some(self.keys.load()?)
         } else {
             None
         };
         let mut status = Status {
-            enrolled,
+            has_keys,
+            enrolled: (!has_keys).then_some(false),
             unlocked: false,
             failed_pins: file.as_ref().map_or(0, |f| f.failed_pins),
             last_contact: file.as_ref().and_then(|f| rfc3339(f.last_contact)),
@@ -732,6 +787,7 @@ impl Client {
             let config = config(store)?;
             status.unlocked = true;
             status.server_url = Some(config.origin);
+            status.enrolled = Some(config.device_id.is_some());
             status.device_id = config.device_id;
             status.certificate_not_after = config.not_after;
             let tokens: Option<TokenSet> = store.get_json(kind::TOKEN, TOKEN_KEY)?;

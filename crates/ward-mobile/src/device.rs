@@ -127,6 +127,41 @@ pub(crate) fn new_key() -> MobileResult<NewKey> {
     })
 }
 
+/// A CSR for the existing device key, for renewal.
+pub(crate) fn csr_for(key_der: &[u8]) -> MobileResult<String> {
+    let pair = KeyPair::try_from(key_der)
+        .map_err(|e| MobileError::corrupt(format!("the stored device key does not parse: {e}")))?;
+    CertificateParams::new(Vec::<String>::new())
+        .and_then(|params| params.serialize_request(&pair))
+        .and_then(|csr| csr.pem())
+        .map_err(|e| MobileError::crypto(format!("signing the renewal CSR: {e}")))
+}
+
+/// Renews the certificate over the current one; returns the new
+/// certificate PEM and its expiry.
+pub(crate) fn renew(transport: &Transport, csr_pem: &str) -> MobileResult<(String, String)> {
+    let reply = transport
+        .post_json(
+            "/device/renew",
+            &json!({"csr": csr_pem}),
+            None,
+            "renewing the certificate",
+        )?
+        .check("renewing the certificate")?;
+    let answer = reply.json();
+    let field = |name: &str| {
+        answer[name]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| MobileError::Server {
+                operation: "renewing the certificate".into(),
+                status: reply.status,
+                detail: format!("the answer has no {name}"),
+            })
+    };
+    Ok((field("certificate")?, field("not_after")?))
+}
+
 /// The device key and certificate as one PEM for the TLS client.
 pub(crate) fn identity_pem(
     key_der: &[u8],

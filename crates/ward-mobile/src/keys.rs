@@ -5,8 +5,10 @@
 //! device key (PKCS#8) and the local data key, each sealed with
 //! AES-256-GCM under a key-encryption key (KEK). The KEK is
 //! HKDF-SHA256 over the Argon2id hash of the PIN, salted with the 32-byte
-//! `device.secret` file, so neither the PIN alone nor a copy of the
-//! files alone opens the keys. Unlocked keys live only in memory and are
+//! `device.secret` file, so neither the PIN alone nor a copy of
+//! `keys.json` alone opens the keys. Both files sit in the client
+//! directory, so a copy of the whole directory is protected only by the
+//! PIN and the Argon2id cost. Unlocked keys live only in memory and are
 //! zeroized when dropped.
 
 use std::fs::{self, File, OpenOptions};

@@ -112,6 +112,9 @@ enum Command {
         #[arg(long)]
         storage_encrypted: Option<bool>,
     },
+    /// Renew the device certificate now (check-ins also renew it a week
+    /// before it expires); sign in again afterwards.
+    Renew,
     /// Erase the keys and the store.
     Wipe,
 }
@@ -241,7 +244,7 @@ fn run(client: &Client, command: Command) -> Result<()> {
             println!("wiped {}", client.dir().display());
         }
         Command::Status => {
-            if client.status()?.enrolled {
+            if client.status()?.has_keys {
                 unlock(client)?;
             }
             print_status(client)?;
@@ -352,6 +355,10 @@ fn unlocked(client: &Client, command: Command) -> Result<()> {
                 println!("the server ordered a wipe; this device is wiped and the wipe confirmed");
             }
         }
+        Command::Renew => {
+            let not_after = client.renew()?;
+            println!("renewed the device certificate, valid until {not_after}; sign in again");
+        }
         Command::Enroll { .. } | Command::Provision { .. } | Command::Wipe | Command::Status => {
             bail!("this command runs without unlocking")
         }
@@ -402,7 +409,15 @@ fn document(client: &Client, kind: DocumentKind) -> Result<()> {
 
 fn print_status(client: &Client) -> Result<()> {
     let status = client.status()?;
-    println!("enrolled: {}", status.enrolled);
+    let enrolled = match status.enrolled {
+        Some(true) => "yes",
+        Some(false) if status.has_keys => "no (provisioned: bearer tokens only, no certificate)",
+        Some(false) => "no",
+        None => "unknown while locked",
+    };
+
+    println!("keys: {}", if status.has_keys { "yes" } else { "no" });
+    println!("enrolled: {enrolled}");
     println!("unlocked: {}", status.unlocked);
     if let Some(server) = &status.server_url {
         println!("server: {server}");

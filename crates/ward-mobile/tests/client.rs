@@ -79,7 +79,7 @@ fn wrong_pins_wipe_device() {
     assert!(!dir.path().join("keys.json").exists());
     assert!(!dir.path().join("device.secret").exists());
     assert!(!dir.path().join("store.db").exists());
-    assert!(!client.status().unwrap().enrolled);
+    assert_eq!(client.status().unwrap().enrolled, Some(false));
     assert!(matches!(client.unlock(PIN), Err(MobileError::NotEnrolled)));
 }
 
@@ -104,9 +104,13 @@ fn reopened_client_needs_pin() {
     drop(provisioned(dir.path(), options()));
     let client = Client::open_with(dir.path(), options()).unwrap();
     let status = client.status().unwrap();
-    assert!(status.enrolled);
+    assert!(status.has_keys);
+    assert_eq!(status.enrolled, None, "unknown while locked");
     assert!(!status.unlocked);
     client.unlock(PIN).unwrap();
+    let status = client.status().unwrap();
+    assert_eq!(status.enrolled, Some(false), "provisioning does not enroll");
+    assert_eq!(status.device_id, None);
     assert_eq!(
         client.status().unwrap().server_url.as_deref(),
         Some("https://127.0.0.1:9")
@@ -146,7 +150,7 @@ fn plain_http_server_rejected() {
         matches!(error, MobileError::InvalidInput { .. }),
         "{error:?}"
     );
-    assert!(!client.status().unwrap().enrolled);
+    assert_eq!(client.status().unwrap().enrolled, Some(false));
 }
 
 #[test]

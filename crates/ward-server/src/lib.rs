@@ -9,12 +9,14 @@ pub mod audit;
 pub mod auth;
 pub mod device;
 pub mod error;
+pub mod exchange;
 pub mod fhir;
 pub mod metrics;
 pub mod oauth;
 pub mod scopes;
 pub mod setup;
 pub mod tls;
+pub mod webapp;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,6 +46,8 @@ pub struct AppState {
     /// Device enrollment and the device CA, when this application enrolls
     /// devices.
     pub devices: Option<Arc<device::DeviceService>>,
+    /// Message exchange with other organizations, when enabled.
+    pub exchange: Option<Arc<exchange::ExchangeService>>,
 }
 
 impl AppState {
@@ -57,7 +61,14 @@ impl AppState {
             capability: Arc::new(capability),
             oauth: None,
             devices: None,
+            exchange: None,
         }
+    }
+
+    /// Adds message exchange with other organizations.
+    pub fn with_exchange(mut self, exchange: Arc<exchange::ExchangeService>) -> Self {
+        self.exchange = Some(exchange);
+        self
     }
 
     /// Adds device enrollment and the device endpoints.
@@ -88,6 +99,8 @@ pub fn app(state: AppState) -> Router {
         .merge(oauth::router())
         .merge(audit::routes::router())
         .merge(device::router())
+        .merge(exchange::router())
+        .merge(webapp::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(security_headers))

@@ -23,12 +23,14 @@ use ward_crypto::{
 /// The environment variable that may hold the master key (base64).
 pub const MASTER_KEY_ENV: &str = "WARD_MASTER_KEY";
 
-/// A data-directory failure.
+/// A data-directory failure. The message names the file and the cause is
+/// the error's `source()`, so a report that prints the chain (`{:#}` in
+/// anyhow) states each cause once.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum SetupError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -36,7 +38,7 @@ pub enum SetupError {
         source: std::io::Error,
     },
     /// A key or certificate failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Crypto {
         /// The file involved.
         path: PathBuf,
@@ -102,6 +104,14 @@ const SEALED_FILES: &[(&str, Reseal)] = &[
     ("signing.key.sealed", SigningKey::reseal_key),
     ("audit.key.sealed", SigningKey::reseal_key),
     (BACKUP_KEY_FILE, BackupKey::reseal),
+    (
+        ward_exchange::identity::SIGNING_KEY_FILE,
+        SigningKey::reseal_key,
+    ),
+    (
+        ward_exchange::identity::ENCRYPTION_KEY_FILE,
+        ward_exchange::identity::reseal_encryption_key,
+    ),
 ];
 
 /// A data directory.

@@ -42,6 +42,8 @@ pub enum Command {
     Backup(crate::backup::BackupArgs),
     /// Restore a backup into an empty store, then verify it.
     Restore(crate::backup::RestoreArgs),
+    /// Manage the organization's exchange identity and the organizations it trusts.
+    Org(crate::org::OrgArgs),
 }
 
 /// `ward serve`: the server options and the audit options.
@@ -53,6 +55,23 @@ pub struct ServeCommand {
     /// The audit options.
     #[command(flatten)]
     pub audit: AuditServeArgs,
+    /// The message exchange options.
+    #[command(flatten)]
+    pub exchange: ExchangeServeArgs,
+}
+
+/// Message exchange options of `ward serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ExchangeServeArgs {
+    /// Seconds before the first retry of a failed delivery; each further retry waits twice as long, with jitter.
+    #[arg(long, env = "WARD_EXCHANGE_RETRY_BASE", default_value_t = 2)]
+    pub exchange_retry_base: u64,
+    /// The maximum wait between two delivery attempts, in seconds.
+    #[arg(long, env = "WARD_EXCHANGE_RETRY_MAX", default_value_t = 600)]
+    pub exchange_retry_max: u64,
+    /// Seconds after queueing when an undelivered message is marked failed and an alert is raised.
+    #[arg(long, env = "WARD_EXCHANGE_GIVE_UP", default_value_t = 86_400)]
+    pub exchange_give_up: u64,
 }
 
 /// Audit options of `ward serve`.

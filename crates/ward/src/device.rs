@@ -212,9 +212,8 @@ fn enroll_code(args: &EnrollCodeArgs) -> Result<()> {
     )?;
     println!("Enrollment code: {}", new.code.as_str());
     println!(
-        "Enrollment URL:  {}/device/enroll?code={}",
-        origin(&args.store),
-        new.code.as_str()
+        "Enrollment URL:  {}",
+        ward_device::enrollment_url(&origin(&args.store), new.code.as_str())
     );
     println!(
         "Expires at:      {}",

@@ -12,6 +12,7 @@ mod device;
 mod import;
 mod keys;
 mod migrate;
+mod org;
 mod serve;
 mod user;
 
@@ -35,6 +36,7 @@ fn main() -> std::process::ExitCode {
         Command::Keys(args) => serve::run_keys(args),
         Command::Backup(args) => backup::run_backup(&args),
         Command::Restore(args) => backup::run_restore(&args),
+        Command::Org(args) => org::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

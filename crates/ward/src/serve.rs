@@ -13,6 +13,7 @@ use ward_server::audit::checkpoints::{self, Checkpointer};
 use ward_server::audit::siem::{BacklogAlert, Destination, Exporter};
 use ward_server::audit::{AuditFailure, Auditor};
 use ward_server::auth::{Grant, TokenIssuer, TokenVerifier};
+use ward_server::exchange::{DeliverySettings, ExchangeService};
 use ward_server::fhir::engine::{Engine, Limits};
 use ward_server::oauth::{OAuthServer, OAuthSettings};
 use ward_server::setup::{DataDir, Keys};
@@ -20,7 +21,7 @@ use ward_server::tls::{CertFiles, client_roots_from_pem, server_config};
 use ward_server::{AppState, app};
 use ward_store::Store;
 
-use crate::cli::{AuditServeArgs, DataArgs, ServeArgs, ServeCommand, TokenArgs};
+use crate::cli::{AuditServeArgs, DataArgs, ExchangeServeArgs, ServeArgs, ServeCommand, TokenArgs};
 use crate::config::{Settings, resolve};
 
 /// The organization name written into a new CA.
@@ -36,11 +37,21 @@ pub fn run(args: ServeCommand) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(serve(settings, args.audit));
+    let result = runtime.block_on(serve(settings, args.audit, args.exchange));
     // Work still running on blocking threads after the grace period (a
     // write that outlived it) must not keep the process alive.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     result
+}
+
+/// Builds the outbox delivery settings from the command line.
+fn delivery_settings(args: &ExchangeServeArgs) -> DeliverySettings {
+    DeliverySettings {
+        retry_base: Duration::from_secs(args.exchange_retry_base.max(1)),
+        retry_max: Duration::from_secs(args.exchange_retry_max.max(1)),
+        give_up_after: Duration::from_secs(args.exchange_give_up),
+        ..DeliverySettings::default()
+    }
 }
 
 /// Builds the HTTPS client of the alert webhook, trusting only `ca`.
@@ -219,7 +230,11 @@ pub fn verifier(settings: &Settings, keys: &Keys) -> Result<TokenVerifier> {
     Ok(verifier.with_dpop(DpopVerifier::new(&nonce_key)))
 }
 
-async fn serve(settings: Settings, audit_args: AuditServeArgs) -> Result<()> {
+async fn serve(
+    settings: Settings,
+    audit_args: AuditServeArgs,
+    exchange_args: ExchangeServeArgs,
+) -> Result<()> {
     let data = DataDir::new(&settings.data);
     let (keys, created) = data
         .open_or_init(DEFAULT_ORG_NAME)
@@ -236,6 +251,7 @@ async fn serve(settings: Settings, audit_args: AuditServeArgs) -> Result<()> {
     )?;
     let (auditor, checkpointer) = start_audit(&settings, &audit_args, &data, &keys, &store).await?;
     let (stop_checkpoints, stopped) = tokio::sync::watch::channel(false);
+    let stopped_outbox = stopped.clone();
     let checkpoint_task = tokio::spawn(checkpointer.run(auditor.clone(), stopped));
     start_siem_exports(&settings, &audit_args, &store, &auditor)?;
     let engine = Arc::new(Engine {
@@ -264,9 +280,18 @@ async fn serve(settings: Settings, audit_args: AuditServeArgs) -> Result<()> {
     .context("loading the token signing key")?
     .with_retired_keys(keys.retired_signing.iter().map(|k| k.jwk.clone()).collect());
     let devices = crate::device::service(&settings, &keys)?;
+    let identity =
+        ward_exchange::OrgIdentity::open_or_init(&settings.data, &keys.master, DEFAULT_ORG_NAME)
+            .context("loading the exchange identity")?;
+    let exchange = ExchangeService::new(identity, delivery_settings(&exchange_args));
     let state = AppState::new(engine, verifier)
         .with_oauth(Arc::new(oauth))
-        .with_devices(devices);
+        .with_devices(devices)
+        .with_exchange(exchange);
+    let outbox_task = tokio::spawn(ward_server::exchange::run_outbox(
+        state.clone(),
+        stopped_outbox,
+    ));
 
     // Client certificates (devices) must chain to the organization CA.
     let client_roots = client_roots_from_pem(keys.ca.to_pem().as_bytes())
@@ -337,6 +362,7 @@ async fn serve(settings: Settings, audit_args: AuditServeArgs) -> Result<()> {
     let served = server.await.context("the HTTPS server stopped");
     // A last checkpoint covers the records of the final requests.
     let _ = stop_checkpoints.send(true);
+    outbox_task.abort();
     if let Err(error) = checkpoint_task.await {
         tracing::error!(target: "ward::audit", %error, "the checkpoint task failed");
     }

@@ -345,6 +345,29 @@ async fn damaged_backups_are_rejected() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn restore_wrong_master_key_message() {
+    let server = Server::start();
+    let token = server.token("system/*.cruds");
+    create_patient(&server, &token, "Wrongkey").await;
+    let scratch = tempfile::tempdir().unwrap();
+    let file = backup_while_writing(&server, &token, scratch.path()).await;
+    let target = Target::with_keys_of(server.data_dir());
+    let other = Server::start();
+    std::fs::copy(
+        other.data_dir().join("master.key"),
+        target.data.join("master.key"),
+    )
+    .unwrap();
+    drop(other);
+
+    let output = target.restore(&file);
+    assert_rejected(&output, "sealed under master key");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let cause = "start with the master key that sealed it";
+    assert_eq!(stderr.matches(cause).count(), 1, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn restore_rejects_non_empty_store() {
     let server = Server::start();
     let token = server.token("system/*.cruds");

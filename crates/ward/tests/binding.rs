@@ -477,6 +477,152 @@ async fn unenrolled_device_gets_no_token() {
     assert!(description.contains("3f2a9c1e"), "{body}");
 }
 
+/// Adds a patient user for `patient` with the shared test password.
+fn add_patient_user(server: &Server, name: &str, patient: &str) -> User {
+    let fhir_user = format!("Patient/{patient}");
+    let output = ward(
+        server,
+        &[
+            "user",
+            "add",
+            "--username",
+            name,
+            "--role",
+            "patient",
+            "--password-stdin",
+            "--fhir-user",
+            &fhir_user,
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    let secret = output
+        .lines()
+        .find_map(|l| l.strip_prefix("TOTP secret: "))
+        .expect("the secret is printed")
+        .to_owned();
+    User {
+        name: name.to_owned(),
+        secret,
+        last_step: None,
+    }
+}
+
+/// Reads every audit record from the server's store, beside the server.
+fn audit_records(server: &Server) -> Vec<ward_audit::AuditRecord> {
+    let (keys, _) = ward_server::setup::DataDir::new(server.data_dir())
+        .open_or_init("test")
+        .expect("open the data directory");
+    let database = match server.database() {
+        Some(database) => ward_store::Database::Postgres(database.url()),
+        None => ward_store::Database::Sqlite(server.data_dir().join("ward.db")),
+    };
+    let store = ward_store::open(&database, &keys.master).expect("open the store");
+    store
+        .audit_rows(0, 100_000)
+        .expect("audit rows")
+        .iter()
+        .map(|row| {
+            ward_audit::ChainEntry::from_canonical(&row.canonical)
+                .expect("entry")
+                .record
+        })
+        .collect()
+}
+
+/// Returns whether a record names `device` on an agent or in its details.
+fn names_device(record: &ward_audit::AuditRecord, device: &str) -> bool {
+    let on_agent = record
+        .agents
+        .iter()
+        .any(|agent| agent.device_id.as_deref() == Some(device));
+    on_agent || record.detail.get("device").map(String::as_str) == Some(device)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn device_tokens_only_for_enrolled_user() {
+    let Setup {
+        server,
+        mut user,
+        patient,
+    } = setup().await;
+    let mut other = add_patient_user(&server, "eli", &patient);
+    let device = common::device::enroll(&server, &server.token("admin"), "dana").await;
+    let cert = ClientCert {
+        cert_pem: device.certificate.clone(),
+        key_pem: device.key.key_pem.clone(),
+    };
+    let mtls = https_client(&server, Some(&cert));
+
+    let code = authorization_code(&server, &mut other).await;
+    let (status, _, body) = token_request(&server, &mtls, &code_form(&code), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+    let description = body["error_description"].as_str().unwrap_or_default();
+    assert!(description.contains("another user"), "{body}");
+
+    let code = authorization_code(&server, &mut user).await;
+    let (status, _, body) = token_request(&server, &mtls, &code_form(&code), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let access = body["access_token"].as_str().expect("access token");
+    assert_eq!(jwt_claims(access)["device"], json!(device.id));
+    assert_eq!(
+        jwt_claims(access)["cnf"]["x5t#S256"],
+        json!(cert.thumbprint())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_device_token_request_audited() {
+    let Setup {
+        server, mut user, ..
+    } = setup().await;
+    let admin = server.token("admin");
+    let device = common::device::enroll(&server, &admin, "dana").await;
+    let revoke = server
+        .client()
+        .post(format!(
+            "{}/admin/devices/{}/revoke",
+            server.origin(),
+            device.id
+        ))
+        .bearer_auth(&admin)
+        .json(&json!({"reason": "stolen"}))
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(revoke.status(), StatusCode::OK);
+    let cert = ClientCert {
+        cert_pem: device.certificate.clone(),
+        key_pem: device.key.key_pem.clone(),
+    };
+    let mtls = https_client(&server, Some(&cert));
+
+    let code = authorization_code(&server, &mut user).await;
+    let (status, _, body) = token_request(&server, &mtls, &code_form(&code), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+
+    let records = tokio::task::block_in_place(|| audit_records(&server));
+    let detail = |record: &ward_audit::AuditRecord, key: &str| {
+        record.detail.get(key).cloned().unwrap_or_default()
+    };
+    let rejected = records
+        .iter()
+        .find(|r| detail(r, "event") == "tokenrejected")
+        .expect("a tokenrejected record");
+    assert!(names_device(rejected, &device.id), "{rejected:?}");
+    let device_event = records
+        .iter()
+        .find(|r| detail(r, "event") == "revoked_device_rejected")
+        .expect("a revoked_device_rejected record");
+    assert!(names_device(device_event, &device.id), "{device_event:?}");
+    let alert = records
+        .iter()
+        .find(|r| detail(r, "alert") == "revoked_device")
+        .expect("a revoked_device alert");
+    assert_eq!(detail(alert, "device"), device.id, "{alert:?}");
+}
+
 #[tokio::test]
 async fn foreign_certificate_fails_handshake() {
     let server = Server::start();

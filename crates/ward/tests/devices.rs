@@ -164,8 +164,21 @@ async fn enrollment_codes_work_once_and_expire() {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{code}");
     let code_text = code["code"].as_str().expect("code").to_owned();
-    assert!(code["url"].as_str().unwrap().ends_with(&code_text));
+    let enroll_url = code["url"].as_str().expect("url");
+    assert_eq!(
+        enroll_url,
+        format!("{origin}/device/enroll#code={code_text}"),
+        "the code belongs in the fragment, which clients never send"
+    );
     assert!(code["expires_at"].is_string());
+
+    // A browser that opens the URL sends no fragment and gets a page
+    // pointing to the app.
+    let page = client.get(enroll_url).send().await.expect("GET enroll");
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = page.text().await.expect("page");
+    assert!(page.contains("mobile app"), "{page}");
+    assert!(!page.contains(&code_text), "{page}");
 
     let key = device_key();
     let enroll = json!({"code": code_text, "csr": key.csr_pem, "name": "Alice's phone", "posture": posture(true)});
@@ -347,6 +360,13 @@ async fn checkin_revoke_wipe_and_report() {
     let (status, report) = get(&client, &format!("{admin_url}/report"), &admin).await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["wipe_confirmed"], true);
+    // The claimed wipe time predates the wipe request, so only the
+    // server's receipt time is kept.
+    assert_eq!(report["wiped_at"], Value::Null, "{report}");
+    assert!(report["wipe_confirmed_at"].is_string(), "{report}");
+    // The device made no FHIR request: check-ins, the rejected renewal and
+    // the wipe confirmation are not syncs.
+    assert_eq!(report["last_sync"], Value::Null, "{report}");
     assert_eq!(report["storage_encrypted"], true);
     assert_eq!(report["status"], "revoked");
     let text = client
@@ -372,6 +392,7 @@ async fn checkin_revoke_wipe_and_report() {
         "enrolled",
         "compliance_changed",
         "revoked",
+        "revoked_device_rejected",
         "wipe_confirmed",
     ] {
         assert!(

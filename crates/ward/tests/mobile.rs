@@ -650,7 +650,8 @@ fn mobile_enrolled_device_life_cycle() {
         other => panic!("a revoked device synced: {other:?}"),
     }
     let status = client.status().unwrap();
-    assert!(!status.enrolled, "{status:?}");
+    assert!(!status.has_keys, "{status:?}");
+    assert_eq!(status.enrolled, Some(false), "{status:?}");
     assert!(!client.database_path().exists());
 
     let report = ward(server, &["device", "report", &device, "--json"], None);
@@ -754,4 +755,58 @@ fn mobile_client_built_in_with_exact_redirect() {
     );
     let (status, _, page) = authorize("com.ward.mobile:/oauth/callback", true);
     assert_eq!(status, StatusCode::OK, "{page}");
+}
+
+#[test]
+fn mobile_renewal_before_expiry() {
+    let rt = runtime();
+    let panel = panel(&rt);
+    let server = &panel.server;
+    let secret = add_clinician(server);
+    let ca = std::fs::read_to_string(server.data_dir().join("ca.pem")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Certificates last 30 days, so a 31-day window renews at every
+    // check-in.
+    let options = ClientOptions {
+        renew_before_secs: 31 * 24 * 3600,
+        ..options()
+    };
+    let client = Client::open_with(dir.path(), options).unwrap();
+    let code = enrollment_code(server);
+    let enrollment = client
+        .enroll(server.origin(), &ca, &code, PIN, phone_posture(true))
+        .unwrap();
+    client
+        .login(CLINICIAN, PASSWORD, &totp_code(&secret))
+        .unwrap();
+    let old_token = client.access_token().unwrap();
+    let old_thumbprint = jwt_claims(&old_token)["cnf"]["x5t#S256"].clone();
+
+    // The check-in renews; the old certificate's tokens are dropped.
+    let answer = client.checkin().unwrap();
+    assert_eq!(answer.status, "active");
+    assert!(
+        client.access_token().is_err(),
+        "tokens bound to the replaced certificate are gone"
+    );
+    // The renewed certificate still speaks for the same device.
+    let again = client.checkin().unwrap();
+    assert_eq!(again.status, "active");
+    let report = ward(
+        server,
+        &["device", "show", &enrollment.device_id, "--json"],
+        None,
+    );
+    assert!(report.contains(&enrollment.device_id), "{report}");
+
+    // The code of the current step was used; the next step's code is
+    // within the server's allowed clock drift.
+    let secret = TotpSecret::from_base32(&secret).expect("a valid secret");
+    let later = time::OffsetDateTime::now_utc() + time::Duration::seconds(30);
+    let next_step = totp::code_at(&secret, later).expect("a code");
+    client.login(CLINICIAN, PASSWORD, &next_step).unwrap();
+    let new_token = client.access_token().unwrap();
+    let claims = jwt_claims(&new_token);
+    assert_eq!(claims["device"], enrollment.device_id.as_str());
+    assert_ne!(claims["cnf"]["x5t#S256"], old_thumbprint);
 }

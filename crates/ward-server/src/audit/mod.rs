@@ -469,6 +469,8 @@ pub struct SecurityEvent<'a> {
     pub network: Option<IpAddr>,
     /// A server-generated reason for a failure, such as `invalid_grant`.
     pub reason: Option<&'a str>,
+    /// The enrolled device whose client certificate the request presented.
+    pub device_id: Option<&'a str>,
 }
 
 /// A [`SecurityEvent`] that owns its strings, for handlers that run on a
@@ -484,6 +486,8 @@ pub struct OwnedSecurityEvent {
     pub client_id: Option<String>,
     /// A server-generated reason for a failure, such as `invalid_grant`.
     pub reason: Option<&'static str>,
+    /// The enrolled device whose client certificate the request presented.
+    pub device_id: Option<String>,
 }
 
 impl OwnedSecurityEvent {
@@ -494,6 +498,7 @@ impl OwnedSecurityEvent {
             user_id: None,
             client_id: None,
             reason: None,
+            device_id: None,
         }
     }
 
@@ -506,6 +511,7 @@ impl OwnedSecurityEvent {
             client_id: self.client_id.as_deref(),
             network,
             reason: self.reason,
+            device_id: self.device_id.as_deref(),
         }
     }
 }
@@ -540,6 +546,7 @@ pub async fn record_security_event(state: &crate::AppState, event: SecurityEvent
         user_id: event.user_id.unwrap_or("anonymous").to_owned(),
         client_id: event.client_id.map(str::to_owned),
         network: event.network,
+        device_id: event.device_id.map(str::to_owned),
         ..Actor::default()
     };
     record.agents.push(actor.agent());

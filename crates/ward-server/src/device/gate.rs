@@ -95,22 +95,8 @@ pub async fn check_device(
     match verdict {
         Verdict::Allowed => Ok(()),
         Verdict::Revoked(id) => {
-            crate::metrics::record_auth_failure("revoked_device");
             let reason = format!("device {id} is revoked or unknown");
-            events::record(
-                state,
-                DeviceEvent::RevokedDeviceRejected,
-                &actor,
-                &[("reason", reason.clone())],
-            )
-            .await?;
-            alerts::raise(
-                &state.engine.auditor,
-                "revoked_device",
-                Some(&actor),
-                &[("user", principal.subject.clone()), ("device", id)],
-            )
-            .await;
+            record_revoked(state, &actor, &id, &reason).await?;
             Err(FhirError::unauthorized("invalid_token", &reason))
         }
         Verdict::NonCompliant(id, compliance) => {
@@ -143,6 +129,43 @@ pub async fn check_device(
             Err(non_compliant(&id, &compliance))
         }
     }
+}
+
+/// Records a request rejected because `device` is revoked or unknown: a
+/// `revoked_device_rejected` device event carrying the device id, and the
+/// `revoked_device` alert. `actor` is the party that made the request; its
+/// user id names the alert's `user`.
+///
+/// # Errors
+///
+/// 500 when the record cannot be written and `audit_failure` is `deny`.
+pub async fn record_revoked(
+    state: &AppState,
+    actor: &Actor,
+    device: &str,
+    reason: &str,
+) -> Result<(), FhirError> {
+    crate::metrics::record_auth_failure("revoked_device");
+    let mut actor = actor.clone();
+    actor.device_id = Some(device.to_owned());
+    events::record(
+        state,
+        DeviceEvent::RevokedDeviceRejected,
+        &actor,
+        &[("reason", reason.to_owned())],
+    )
+    .await?;
+    alerts::raise(
+        &state.engine.auditor,
+        "revoked_device",
+        Some(&actor),
+        &[
+            ("user", actor.user_id.clone()),
+            ("device", device.to_owned()),
+        ],
+    )
+    .await;
+    Ok(())
 }
 
 /// Builds the 403 for a non-compliant device: a summary issue, then one

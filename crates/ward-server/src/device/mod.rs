@@ -65,7 +65,10 @@ impl DeviceService {
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/device/enrollment-codes", post(routes::create_code))
-        .route("/device/enroll", post(routes::enroll))
+        .route(
+            "/device/enroll",
+            post(routes::enroll).get(routes::enroll_page),
+        )
         .route("/device/renew", post(routes::renew))
         .route("/device/checkin", post(routes::checkin))
         .route("/device/wipe-confirm", post(routes::wipe_confirm))

@@ -2,6 +2,7 @@
 //! code authenticates), and renewal, check-in and wipe confirmation (the
 //! device's client certificate authenticates).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -138,11 +139,7 @@ async fn create_code_inner(
         ],
     )
     .await?;
-    let url = format!(
-        "{}/device/enroll?code={}",
-        devices.origin,
-        new.code.as_str()
-    );
+    let url = ward_device::enrollment_url(&devices.origin, new.code.as_str());
     Ok(json(
         StatusCode::CREATED,
         &json!({
@@ -151,6 +148,33 @@ async fn create_code_inner(
             "expires_at": format_time(new.record.expires_at),
         }),
     ))
+}
+
+/// The page `GET /device/enroll` returns, for an enrollment URL opened in
+/// a browser.
+const ENROLL_PAGE: &str = "<!doctype html>
+<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Device enrollment</title></head>
+<body><h1>Device enrollment</h1>
+<p>This link enrolls a device. Open it in the Ward mobile app on the device to enroll, \
+or enter the enrollment code there. A browser cannot enroll a device.</p>
+</body></html>
+";
+
+/// `GET /device/enroll`: a page telling the user to open the enrollment
+/// URL in the app. The code travels in the URL fragment, which the browser
+/// does not send, so the server never receives or logs it.
+pub async fn enroll_page() -> Response {
+    let mut response = (StatusCode::OK, ENROLL_PAGE).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 /// `POST /device/enroll`: redeems a code, issues the device certificate
@@ -249,11 +273,13 @@ async fn enroll_inner(
 /// Returns the device that presented `certificate`: the device the
 /// certificate names, whose current certificate it is. A revoked device
 /// passes only when `allow_revoked` is set (check-in and wipe
-/// confirmation).
+/// confirmation). A revoked or unknown device is audited and raises the
+/// `revoked_device` alert, as in the device gate.
 async fn certificate_device(
     state: &AppState,
     certificate: Option<&ClientCertificate>,
     allow_revoked: bool,
+    network: Option<IpAddr>,
 ) -> Result<Device, FhirError> {
     let unauthorized = |why: &str| FhirError::unauthorized("invalid_client", why);
     let Some(certificate) = certificate else {
@@ -267,9 +293,16 @@ async fn certificate_device(
         .ok_or_else(|| unauthorized("the client certificate names no device"))?;
     let store = state.engine.store.clone();
     let lookup = id.clone();
-    let device = blocking(move || registry::load(store.as_ref(), &lookup).map_err(device_error))
-        .await?
-        .ok_or_else(|| unauthorized("the client certificate names an unknown device"))?;
+    let device =
+        blocking(move || registry::load(store.as_ref(), &lookup).map_err(device_error)).await?;
+    let Some(device) = device else {
+        let actor = events::actor("anonymous", None, network);
+        let reason = format!("device {id} is unknown");
+        super::gate::record_revoked(state, &actor, id.as_str(), &reason).await?;
+        return Err(unauthorized(
+            "the client certificate names an unknown device",
+        ));
+    };
     let current = ward_crypto::constant_time_eq(
         device.record.certificate.thumbprint.as_bytes(),
         certificate.x5t_s256.as_bytes(),
@@ -285,10 +318,10 @@ async fn certificate_device(
         ));
     }
     if device.revocation.is_some() && !allow_revoked {
-        return Err(FhirError::unauthorized(
-            "invalid_token",
-            &format!("device {id} is revoked"),
-        ));
+        let reason = format!("device {id} is revoked");
+        let actor = events::actor(&device.record.user_id, None, network);
+        super::gate::record_revoked(state, &actor, id.as_str(), &reason).await?;
+        return Err(FhirError::unauthorized("invalid_token", &reason));
     }
     Ok(device)
 }
@@ -305,8 +338,13 @@ pub async fn renew(State(state): State<AppState>, peer: Peer, request: Request) 
 async fn renew_inner(state: AppState, peer: Peer, request: Request) -> Result<Response, FhirError> {
     let devices = service(&state)?;
     let (parts, body) = request.into_parts();
-    let device =
-        certificate_device(&state, parts.extensions.get::<ClientCertificate>(), false).await?;
+    let device = certificate_device(
+        &state,
+        parts.extensions.get::<ClientCertificate>(),
+        false,
+        peer.0,
+    )
+    .await?;
     let body: RenewRequest = read_json(body).await?;
     let issued = devices
         .ca
@@ -361,8 +399,13 @@ async fn checkin_inner(
 ) -> Result<Response, FhirError> {
     let devices = service(&state)?;
     let (parts, body) = request.into_parts();
-    let device =
-        certificate_device(&state, parts.extensions.get::<ClientCertificate>(), true).await?;
+    let device = certificate_device(
+        &state,
+        parts.extensions.get::<ClientCertificate>(),
+        true,
+        peer.0,
+    )
+    .await?;
     let body: CheckinRequest = read_json(body).await?;
     body.posture.validate().map_err(device_error)?;
     let store = state.engine.store.clone();
@@ -405,7 +448,9 @@ async fn checkin_inner(
     ))
 }
 
-/// `POST /device/wipe-confirm`: records that the device erased its data.
+/// `POST /device/wipe-confirm`: records that the device erased its data,
+/// at the server's time; the device's `wiped_at` is kept only when
+/// plausible (see [`registry::confirm_wipe`]).
 pub async fn wipe_confirm(State(state): State<AppState>, peer: Peer, request: Request) -> Response {
     match wipe_confirm_inner(state, peer, request).await {
         Ok(response) => response,
@@ -420,8 +465,13 @@ async fn wipe_confirm_inner(
 ) -> Result<Response, FhirError> {
     service(&state)?;
     let (parts, body) = request.into_parts();
-    let device =
-        certificate_device(&state, parts.extensions.get::<ClientCertificate>(), true).await?;
+    let device = certificate_device(
+        &state,
+        parts.extensions.get::<ClientCertificate>(),
+        true,
+        peer.0,
+    )
+    .await?;
     let body: WipeConfirmRequest = read_json(body).await?;
     let wiped_at = OffsetDateTime::parse(&body.wiped_at, &Rfc3339).map_err(|_| {
         FhirError::bad_request("wiped_at must be an RFC 3339 time such as 2026-03-01T10:00:00Z")
@@ -434,13 +484,21 @@ async fn wipe_confirm_inner(
     })
     .await?;
     let actor = events::actor(&device.record.user_id, Some(device.id().as_str()), peer.0);
-    events::record(
-        &state,
-        DeviceEvent::WipeConfirmed,
-        &actor,
-        &[("wiped_at", format_time(wiped_at))],
-    )
-    .await?;
+    let mut details = vec![("claimed_wiped_at", format_time(wiped_at))];
+    if let Some(confirmation) = &device.wipe {
+        details.push(("confirmed_at", format_time(confirmation.confirmed_at)));
+        let kept = confirmation.wiped_at.is_some();
+        details.push(("claim_accepted", kept.to_string()));
+        if !kept {
+            tracing::warn!(
+                target: "ward::device",
+                device = %device.id(),
+                claimed = %format_time(wiped_at),
+                "the wipe time the device reported is implausible; only the server's time was kept"
+            );
+        }
+    }
+    events::record(&state, DeviceEvent::WipeConfirmed, &actor, &details).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

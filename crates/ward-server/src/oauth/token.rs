@@ -55,6 +55,22 @@ struct OAuthError {
     description: String,
     /// A fresh nonce for a `use_dpop_nonce` error (RFC 9449 section 8).
     dpop_nonce: Option<String>,
+    /// The device of a request rejected because that device is revoked or
+    /// unknown.
+    revoked_device: Option<Box<RevokedDevice>>,
+}
+
+/// A token request rejected because its client certificate names a
+/// revoked or unknown device. [`form_handler`] records it as a device event
+/// and raises the `revoked_device` alert.
+#[derive(Debug, Clone)]
+struct RevokedDevice {
+    /// The device id the certificate names.
+    device: String,
+    /// The user the device was enrolled for, when the registry has it.
+    owner: Option<String>,
+    /// The rejection reason.
+    reason: String,
 }
 
 impl OAuthError {
@@ -71,6 +87,7 @@ impl OAuthError {
             error,
             description: description.into(),
             dpop_nonce: None,
+            revoked_device: None,
         }
     }
 
@@ -156,7 +173,39 @@ async fn form_handler(
     if let Some(event) = response.extensions_mut().remove::<OwnedSecurityEvent>() {
         record_security_event(&state, event.as_event(network)).await;
     }
+    if let Some(rejected) = response.extensions_mut().remove::<RevokedDevice>() {
+        record_revoked_device(&state, &rejected, network).await;
+    }
     response
+}
+
+/// Audits a token request rejected because of a revoked or unknown device,
+/// as the device gate does for FHIR requests. The response is already
+/// decided, so a failure to write is logged only.
+async fn record_revoked_device(
+    state: &AppState,
+    rejected: &RevokedDevice,
+    network: Option<std::net::IpAddr>,
+) {
+    let actor = crate::audit::Actor {
+        user_id: rejected
+            .owner
+            .clone()
+            .unwrap_or_else(|| "anonymous".to_owned()),
+        network,
+        ..crate::audit::Actor::default()
+    };
+    let recorded =
+        crate::device::gate::record_revoked(state, &actor, &rejected.device, &rejected.reason)
+            .await;
+    if let Err(error) = recorded {
+        tracing::error!(
+            target: "ward::audit",
+            device = %rejected.device,
+            status = error.status.as_u16(),
+            "recording a token request from a revoked device failed"
+        );
+    }
 }
 
 /// Attaches a token event to `response`; [`form_handler`] records it once
@@ -198,10 +247,16 @@ fn token_request(
                 .map(|claims| claims.sub);
             (json_response(StatusCode::OK, &body), event)
         }
-        Err(error) => {
+        Err(mut error) => {
             let mut event = OwnedSecurityEvent::new(SecurityEventKind::TokenRejected);
             event.reason = Some(error.error);
-            (error.into_response(), event)
+            let revoked = error.revoked_device.take();
+            event.device_id = revoked.as_ref().map(|r| r.device.clone());
+            let mut response = error.into_response();
+            if let Some(revoked) = revoked {
+                response.extensions_mut().insert(*revoked);
+            }
+            (response, event)
         }
     };
     event.client_id = client_id;
@@ -239,16 +294,21 @@ fn issue_token(
 /// Rejects a token request from a device that is unknown or revoked, and
 /// returns the id of the user the device was enrolled for.
 fn check_device_active(server: &OAuthServer, device: &str) -> OAuthResult<String> {
-    let revoked = || {
-        OAuthError::new(
-            "invalid_grant",
-            format!("device {device} is revoked or not enrolled; enroll it again"),
-        )
+    let revoked = |owner: Option<String>| {
+        let description = format!("device {device} is revoked or not enrolled; enroll it again");
+        let mut error = OAuthError::new("invalid_grant", description);
+        error.revoked_device = Some(Box::new(RevokedDevice {
+            device: device.to_owned(),
+            owner,
+            reason: format!("device {device} is revoked or unknown"),
+        }));
+        error
     };
-    let id = ward_device::DeviceId::parse(device).map_err(|_| revoked())?;
+    let id = ward_device::DeviceId::parse(device).map_err(|_| revoked(None))?;
     match ward_device::registry::load(server.store.as_ref(), &id) {
         Ok(Some(device)) if device.revocation.is_none() => Ok(device.record.user_id),
-        Ok(_) => Err(revoked()),
+        Ok(Some(device)) => Err(revoked(Some(device.record.user_id))),
+        Ok(None) => Err(revoked(None)),
         Err(error) => {
             tracing::error!(target: "ward::auth", %error, device, "reading the device record failed");
             Err(OAuthError::new(

@@ -1,0 +1,149 @@
+//! Exchange of signed and encrypted FHIR messages with other
+//! organizations: the receiver (`POST /fhir/$process-message`), the sender
+//! (`POST /fhir/$send-message`, the outbox status and the delivery loop).
+//! The envelope, trust bundle and outbox records live in `ward-exchange`.
+//!
+//! TODO: the pharmacy and laboratory roles (e-prescriptions filed for
+//! dispensing, DiagnosticReport results routed to the ordering clinician)
+//! and the second factor for controlled substances attach to the filing
+//! step in `receive` and the role check in `send`.
+
+mod deliver;
+mod receive;
+mod send;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use ward_audit::record::{Action, EventType, Outcome, Subtype};
+use ward_exchange::OrgIdentity;
+
+use crate::AppState;
+use crate::audit::Actor;
+
+pub use deliver::run_outbox;
+
+/// The media type of a JOSE compact serialization (RFC 7515, RFC 7516).
+pub const JOSE: &str = "application/jose";
+
+/// The largest message Bundle `$send-message` accepts, in bytes.
+pub const MAX_SEND_BYTES: usize = 4 * 1024 * 1024;
+
+/// The largest sealed message `$process-message` accepts, in bytes. Signing
+/// and encrypting each encode in base64url, so a sealed message is about
+/// 16/9 of its Bundle and a Bundle of [`MAX_SEND_BYTES`] fits.
+pub const MAX_SEALED_BYTES: usize = 8 * 1024 * 1024;
+
+/// Delivery settings of the outbox.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliverySettings {
+    /// The delay after the first failed attempt; it doubles per attempt.
+    pub retry_base: Duration,
+    /// The maximum delay between two attempts.
+    pub retry_max: Duration,
+    /// How long after queueing a message is marked failed.
+    pub give_up_after: Duration,
+    /// How long one delivery attempt may take.
+    pub attempt_timeout: Duration,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            retry_base: Duration::from_secs(2),
+            retry_max: Duration::from_secs(600),
+            give_up_after: Duration::from_secs(24 * 3600),
+            attempt_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The organization's exchange identity and the outbox settings.
+pub struct ExchangeService {
+    /// The identity that signs and decrypts messages.
+    pub identity: OrgIdentity,
+    /// Delivery settings.
+    pub settings: DeliverySettings,
+    /// Wakes the delivery loop when a message is queued.
+    pub wake: tokio::sync::Notify,
+}
+
+impl ExchangeService {
+    /// Creates the service.
+    pub fn new(identity: OrgIdentity, settings: DeliverySettings) -> Arc<Self> {
+        Arc::new(Self {
+            identity,
+            settings,
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+}
+
+/// Builds the exchange routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/fhir/$process-message",
+            post(receive::process_message).layer(DefaultBodyLimit::max(MAX_SEALED_BYTES)),
+        )
+        .route(
+            "/fhir/$send-message",
+            post(send::send_message).layer(DefaultBodyLimit::max(MAX_SEND_BYTES)),
+        )
+        .route("/exchange/outbox/{id}", get(send::outbox_status))
+}
+
+/// Returns the current time in seconds since the Unix epoch.
+fn now_secs() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Builds the audit actor of a peer organization.
+fn org_actor(org_id: &str, network: Option<std::net::IpAddr>) -> Actor {
+    Actor {
+        user_id: format!("org:{org_id}"),
+        client_id: Some("ward-exchange".to_owned()),
+        network,
+        ..Actor::default()
+    }
+}
+
+/// Writes an exchange audit record: `event` (`message_received`,
+/// `message_rejected`, `message_queued`, `message_delivered`,
+/// `message_failed`) with its details, and `reason` for a failure.
+async fn audit_exchange(
+    state: &AppState,
+    actor: &Actor,
+    event: &str,
+    outcome: Outcome,
+    reason: Option<&str>,
+    details: &[(&str, &str)],
+) {
+    let auditor = &state.engine.auditor;
+    let mut record = auditor.record(EventType::Rest, Action::Execute, outcome);
+    record.subtypes.push(Subtype::Operation);
+    record.agents.push(actor.agent());
+    record.detail.insert("event".to_owned(), event.to_owned());
+    for (name, value) in details {
+        let value: String = value
+            .chars()
+            .filter(|c| (' '..='~').contains(c))
+            .take(256)
+            .collect();
+        record.detail.insert((*name).to_owned(), value);
+    }
+    if let Some(reason) = reason {
+        record.outcome_desc = Some(reason.chars().filter(char::is_ascii).take(512).collect());
+    }
+    if let Err(err) = auditor.commit(record).await {
+        tracing::error!(
+            target: "ward::exchange",
+            status = err.status.as_u16(),
+            event,
+            "writing an exchange audit record failed"
+        );
+    }
+}

@@ -1,0 +1,671 @@
+//! The clinician web app under `/app` in real headless Chromium, driven
+//! through chromedriver (WebDriver) at a 390×844 phone viewport: sign-in
+//! with password and TOTP, finding a patient, the chart, recording vitals,
+//! sign-out, and no PHI behind the back button afterwards. The security
+//! headers and cookie attributes are checked on the pages the browser saw.
+//!
+//! The test needs Debian's `chromium` and `chromium-driver`. Without them it
+//! skips with a note, unless `WARD_REQUIRE_CHROMIUM=1` (set in CI) makes a
+//! missing browser a failure. Screenshots go to `target/webapp-screenshots/`.
+
+mod common;
+
+use std::io::Write as _;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use ward_auth::totp::{self, TotpSecret};
+
+use common::{Server, WARD, header};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CLINICIAN: &str = "dr.osler";
+const PASSWORD: &str = "violet-otter-harbor-42";
+/// A family name unlikely to appear on any page by chance.
+const FAMILY: &str = "Quillfeather";
+const VIEWPORT: (u32, u32) = (390, 844);
+
+/// Returns true when the browser is installed; panics when it is missing
+/// but required.
+fn chromium_available() -> bool {
+    let present = Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists();
+    if !present {
+        assert!(
+            std::env::var("WARD_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
+            "WARD_REQUIRE_CHROMIUM=1 but {CHROMIUM} or {CHROMEDRIVER} is missing; \
+             install them with `apt-get install -y chromium chromium-driver`"
+        );
+        eprintln!(
+            "NOTE: skipping the web app browser test: {CHROMIUM} or {CHROMEDRIVER} is missing \
+             (apt-get install -y chromium chromium-driver)"
+        );
+    }
+    present
+}
+
+/// A chromedriver process, stopped on drop.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Driver { child, port }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let (width, height) = VIEWPORT;
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".to_owned(),
+        json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                // The test server's certificate comes from its own test CA.
+                "--ignore-certificate-errors",
+                "--no-first-run",
+                "--disable-extensions",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                format!("--window-size={width},{height}"),
+            ],
+            "mobileEmulation": {
+                "deviceMetrics": {"width": width, "height": height, "pixelRatio": 1.0, "touch": true},
+            },
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("open a Chromium session through chromedriver")
+}
+
+fn ward(server: &Server, args: &[&str], stdin: Option<&str>) -> String {
+    let data = server.data_dir().to_str().expect("UTF-8 path").to_owned();
+    let mut command = Command::new(WARD);
+    command
+        .args(args)
+        .args(["--data", &data])
+        .env_remove("WARD_DATABASE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(database) = server.database() {
+        command.args(["--database", database.url().as_str()]);
+    }
+    let mut child = command.spawn().expect("run ward");
+    if let Some(text) = stdin {
+        let mut input = child.stdin.take().expect("stdin");
+        input.write_all(text.as_bytes()).expect("write stdin");
+    }
+    drop(child.stdin.take());
+    let output = child.wait_with_output().expect("wait for ward");
+    assert!(
+        output.status.success(),
+        "ward {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+/// Adds the physician `CLINICIAN` as `Practitioner/dr` and returns the TOTP
+/// secret `ward user add` prints.
+fn add_clinician(server: &Server) -> String {
+    let output = ward(
+        server,
+        &[
+            "user",
+            "add",
+            "--username",
+            CLINICIAN,
+            "--role",
+            "physician",
+            "--password-stdin",
+            "--fhir-user",
+            "Practitioner/dr",
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    output
+        .lines()
+        .find_map(|line| line.strip_prefix("TOTP secret: "))
+        .expect("ward user add prints the TOTP secret")
+        .trim()
+        .to_owned()
+}
+
+fn totp_code(secret: &str) -> String {
+    let secret = TotpSecret::from_base32(secret).expect("valid TOTP secret");
+    totp::code_at(&secret, time::OffsetDateTime::now_utc()).expect("TOTP code")
+}
+
+async fn create(server: &Server, token: &str, resource: Value) -> String {
+    let path = resource["resourceType"].as_str().expect("type").to_owned();
+    let (status, _, body) = server.post_json(&path, token, &resource).await;
+    assert!(status.is_success(), "creating {path}: {body}");
+    body["id"].as_str().expect("id").to_owned()
+}
+
+/// Patients Ada and Bo on the care team of `Practitioner/dr`, Cy not; Ada
+/// has one resource for each chart section. Returns Ada's id.
+async fn seed(server: &Server) -> String {
+    let admin = server.token("system/*.cruds");
+    let practitioner =
+        json!({"resourceType": "Practitioner", "id": "dr", "name": [{"family": "Osler"}]});
+    let (status, _, body) = server
+        .put_json("/Practitioner/dr", &admin, &practitioner)
+        .await;
+    assert!(status.is_success(), "{body}");
+    let mut ids = Vec::new();
+    for (given, birth, mrn) in [
+        ("Ada", "1961-03-14", "MRN-1001"),
+        ("Bo", "1975-08-02", "MRN-1002"),
+        ("Cy", "1990-12-24", "MRN-1003"),
+    ] {
+        let patient = json!({
+            "resourceType": "Patient",
+            "identifier": [{"system": "urn:example:mrn", "value": mrn}],
+            "name": [{"family": FAMILY, "given": [given]}],
+            "gender": "female",
+            "birthDate": birth,
+        });
+        ids.push(create(server, &admin, patient).await);
+    }
+    for patient in &ids[..2] {
+        let team = json!({
+            "resourceType": "CareTeam",
+            "status": "active",
+            "subject": {"reference": format!("Patient/{patient}")},
+            "participant": [{"member": {"reference": "Practitioner/dr"}}],
+        });
+        create(server, &admin, team).await;
+    }
+    let ada = ids[0].clone();
+    let subject = json!({"reference": format!("Patient/{ada}")});
+    let chart = [
+        json!({"resourceType": "Condition", "subject": subject,
+               "code": {"text": "Type 2 diabetes mellitus"}, "onsetDateTime": "2015-06-01"}),
+        json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+               "subject": subject, "medicationCodeableConcept": {"text": "Metformin 500 mg tablet"},
+               "authoredOn": "2024-01-10"}),
+        json!({"resourceType": "AllergyIntolerance", "patient": subject,
+               "code": {"text": "Penicillin"}}),
+        json!({"resourceType": "Immunization", "status": "completed", "patient": subject,
+               "vaccineCode": {"text": "Influenza vaccine"}, "occurrenceDateTime": "2025-10-01"}),
+        json!({"resourceType": "Observation", "status": "final", "subject": subject,
+               "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+               "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}], "text": "Hemoglobin A1c"},
+               "valueQuantity": {"value": 6.9, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"},
+               "effectiveDateTime": "2025-11-20"}),
+    ];
+    for resource in chart {
+        create(server, &admin, resource).await;
+    }
+    ada
+}
+
+struct Shots {
+    dir: PathBuf,
+}
+
+impl Shots {
+    fn new() -> Shots {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/webapp-screenshots");
+        std::fs::create_dir_all(&dir).expect("create the screenshot directory");
+        Shots { dir }
+    }
+
+    async fn take(&self, browser: &Client, name: &str) {
+        let png = browser.screenshot().await.expect("screenshot");
+        std::fs::write(self.dir.join(format!("{name}.png")), png).expect("write screenshot");
+    }
+}
+
+/// Finds an element, waiting for the page that has it to load; panics with
+/// the page's text when it never appears.
+async fn element(browser: &Client, locator: Locator<'_>) -> fantoccini::elements::Element {
+    match browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(locator)
+        .await
+    {
+        Ok(element) => element,
+        Err(error) => {
+            let url = browser.current_url().await.expect("url");
+            let text = page_text(browser).await;
+            panic!("{locator:?} not found on {url}: {error}\npage text: {text}");
+        }
+    }
+}
+
+async fn fill(browser: &Client, id: &str, text: &str) {
+    let input = element(browser, Locator::Id(id)).await;
+    input.clear().await.expect("clear");
+    input.send_keys(text).await.expect("type");
+}
+
+/// Clicks an element that leads to another page and waits until the old
+/// page is gone, so the next lookup finds elements of the new one.
+async fn click(browser: &Client, css: &str) {
+    let old_page = browser.find(Locator::Css("html")).await.expect("html");
+    element(browser, Locator::Css(css))
+        .await
+        .click()
+        .await
+        .expect("click");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while old_page.tag_name().await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "clicking {css} did not load a page"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+async fn page_text(browser: &Client) -> String {
+    browser
+        .find(Locator::Css("body"))
+        .await
+        .expect("body")
+        .text()
+        .await
+        .expect("body text")
+}
+
+/// Signs in through the authorization server's pages: password, TOTP
+/// code, consent.
+async fn sign_in(browser: &Client, server: &Server, secret: &str, shots: &Shots) {
+    browser
+        .goto(&format!("{}/app", server.origin()))
+        .await
+        .expect("open /app");
+    let url = browser.current_url().await.expect("url");
+    assert_eq!(
+        url.path(),
+        "/oauth/authorize",
+        "no session leads to sign-in"
+    );
+    fill(browser, "username", CLINICIAN).await;
+    fill(browser, "password", PASSWORD).await;
+    shots.take(browser, "01-sign-in").await;
+    click(browser, "form[action='/oauth/login'] button[type=submit]").await;
+    fill(browser, "code", &totp_code(secret)).await;
+    click(browser, "form[action='/oauth/mfa'] button[type=submit]").await;
+    click(browser, "button[name=decision][value=approve]").await;
+    let url = browser.current_url().await.expect("url");
+    assert_eq!(url.path(), "/app", "{}", page_text(browser).await);
+}
+
+/// Checks the headers of a signed-in page fetched with the browser's own
+/// session cookie.
+async fn assert_page_headers(server: &Server, cookie: &str, path: &str) {
+    let response = server
+        .client()
+        .get(format!("{}{path}", server.origin()))
+        .header("cookie", format!("__Host-ward-app={cookie}"))
+        .send()
+        .await
+        .expect("fetch page");
+    assert_eq!(response.status(), 200, "{path}");
+    let headers = response.headers();
+    let csp = header(headers, "content-security-policy");
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(csp.contains("style-src 'self'"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(header(headers, "cache-control"), "no-store", "{path}");
+    assert_eq!(header(headers, "x-frame-options"), "DENY", "{path}");
+    assert_eq!(header(headers, "referrer-policy"), "no-referrer", "{path}");
+    assert_eq!(
+        header(headers, "x-content-type-options"),
+        "nosniff",
+        "{path}"
+    );
+    let body = response.text().await.expect("body");
+    assert!(!body.contains("<script>"), "inline script on {path}");
+    assert!(!body.contains("style="), "inline style on {path}");
+    assert!(!body.contains("<style"), "inline style on {path}");
+}
+
+/// Checks, with the browser's session cookie, that forms without the
+/// session's CSRF token and handles of no patient are rejected.
+async fn assert_form_checks(server: &Server, cookie: &str, chart_path: &str) {
+    let client = server.client();
+    let cookie = format!("__Host-ward-app={cookie}");
+    for body in ["q=Ada", "q=Ada&csrf=forged"] {
+        let response = client
+            .post(format!("{}/app/search", server.origin()))
+            .header("cookie", &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .expect("post the search");
+        assert_eq!(response.status(), 403, "{body}");
+        let text = response.text().await.expect("body");
+        assert!(!text.contains(FAMILY), "{body}: {text}");
+    }
+    let response = client
+        .post(format!("{}{chart_path}/vitals", server.origin()))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("heart_rate=70&csrf=forged")
+        .send()
+        .await
+        .expect("post vitals");
+    assert_eq!(response.status(), 403);
+    let response = client
+        .get(format!("{}/app/p/not-a-handle", server.origin()))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("get an unknown handle");
+    assert_eq!(response.status(), 404);
+}
+
+/// Checks the static files: served from the binary, and a service worker
+/// that caches only them.
+async fn assert_static_files(server: &Server) {
+    let client = server.client();
+    for (path, content_type) in [
+        ("/app/static/app.css", "text/css"),
+        ("/app/static/app.js", "text/javascript"),
+        ("/app/manifest.webmanifest", "application/manifest+json"),
+        ("/app/sw.js", "text/javascript"),
+    ] {
+        let response = client
+            .get(format!("{}{path}", server.origin()))
+            .send()
+            .await
+            .expect("get a static file");
+        assert_eq!(response.status(), 200, "{path}");
+        let header_value = header(response.headers(), "content-type").to_owned();
+        assert!(
+            header_value.starts_with(content_type),
+            "{path}: {header_value}"
+        );
+    }
+    let worker = client
+        .get(format!("{}/app/sw.js", server.origin()))
+        .send()
+        .await
+        .expect("get the service worker")
+        .text()
+        .await
+        .expect("service worker");
+    assert!(
+        worker.contains("STATIC.indexOf(url.pathname) === -1"),
+        "{worker}"
+    );
+    assert!(!worker.contains("\"/app/p/"), "{worker}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webapp_clinician_flow_in_chromium() {
+    if !chromium_available() {
+        return;
+    }
+    let server = Server::start();
+    let ada = seed(&server).await;
+    let secret = add_clinician(&server);
+    let driver = Driver::start();
+    let browser = browser(&driver).await;
+    let shots = Shots::new();
+    assert_static_files(&server).await;
+
+    sign_in(&browser, &server, &secret, &shots).await;
+
+    // The care team list: Ada and Bo, not Cy.
+    let text = page_text(&browser).await;
+    assert!(text.contains("My patients"), "{text}");
+    assert!(text.contains(&format!("Ada {FAMILY}")), "{text}");
+    assert!(text.contains(&format!("Bo {FAMILY}")), "{text}");
+    assert!(
+        !text.contains(&format!("Cy {FAMILY}")),
+        "Cy is not on the care team: {text}"
+    );
+    let title = browser.title().await.expect("title");
+    assert_eq!(title, "My patients · Ward");
+
+    // The session cookie: __Host-, Secure, HttpOnly, SameSite=Strict.
+    let cookie = browser
+        .get_named_cookie("__Host-ward-app")
+        .await
+        .expect("the web app session cookie");
+    assert_eq!(cookie.secure(), Some(true));
+    assert_eq!(cookie.http_only(), Some(true));
+    assert_eq!(format!("{:?}", cookie.same_site()), "Some(Strict)");
+    assert_eq!(cookie.path(), Some("/"));
+    let session_cookie = cookie.value().to_owned();
+
+    // Search by identifier, then by birth date, then by name.
+    for (query, expected) in [("MRN-1002", "Bo"), ("1961-03-14", "Ada"), ("Ada", "Ada")] {
+        fill(&browser, "q", query).await;
+        click(&browser, "form[action='/app/search'] button[type=submit]").await;
+        let url = browser.current_url().await.expect("url");
+        assert_eq!(url.as_str(), format!("{}/app/search", server.origin()));
+        let text = page_text(&browser).await;
+        assert!(
+            text.contains(&format!("{expected} {FAMILY}")),
+            "{query}: {text}"
+        );
+        let other = if expected == "Ada" { "Bo" } else { "Ada" };
+        assert!(
+            !text.contains(&format!("{other} {FAMILY}")),
+            "{query}: {text}"
+        );
+    }
+    shots.take(&browser, "02-patients").await;
+
+    // The chart: no PHI in the URL or title.
+    click(&browser, "ul.cards a").await;
+    let url = browser.current_url().await.expect("url");
+    assert!(url.path().starts_with("/app/p/"), "{url}");
+    assert!(
+        !url.as_str().contains(&ada),
+        "the patient id leaked into {url}"
+    );
+    assert!(!url.as_str().contains(FAMILY), "the name leaked into {url}");
+    assert_eq!(
+        browser.title().await.expect("title"),
+        "Patient chart · Ward"
+    );
+    let chart_path = url.path().to_owned();
+    let text = page_text(&browser).await;
+    for expected in [
+        "Type 2 diabetes mellitus",
+        "Metformin 500 mg tablet",
+        "Penicillin",
+        "Influenza vaccine",
+        "Hemoglobin A1c: 6.9 %",
+        "1961-03-14",
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected} missing from the chart: {text}"
+        );
+    }
+    shots.take(&browser, "03-chart").await;
+    assert_page_headers(&server, &session_cookie, &chart_path).await;
+    assert_page_headers(&server, &session_cookie, "/app").await;
+
+    assert_form_checks(&server, &session_cookie, &chart_path).await;
+
+    // An implausible value is rejected and nothing is saved.
+    click(&browser, &format!("a[href='{chart_path}/vitals']")).await;
+    fill(&browser, "systolic", "300").await;
+    fill(&browser, "diastolic", "80").await;
+    click(&browser, "form button[type=submit].wide").await;
+    let text = page_text(&browser).await;
+    assert!(text.contains("Nothing was saved"), "{text}");
+    assert!(text.contains("outside the plausible range"), "{text}");
+    shots.take(&browser, "04-vitals-error").await;
+
+    fill(&browser, "systolic", "128").await;
+    fill(&browser, "diastolic", "82").await;
+    fill(&browser, "heart_rate", "72").await;
+    fill(&browser, "temperature", "37.2").await;
+    click(&browser, "form button[type=submit].wide").await;
+    let url = browser.current_url().await.expect("url");
+    assert_eq!(url.path(), chart_path);
+    let text = page_text(&browser).await;
+    assert!(text.contains("Vitals saved."), "{text}");
+    assert!(text.contains("128 mmHg / 82 mmHg"), "{text}");
+    assert!(text.contains("Heart rate: 72 /min"), "{text}");
+    assert!(text.contains("Body temperature: 37.2 °C"), "{text}");
+    shots.take(&browser, "05-chart-with-vitals").await;
+
+    // The vitals were written through the FHIR API as the clinician.
+    let admin = server.token("system/*.cruds");
+    let (status, _, bundle) = server
+        .get(&format!("Observation?patient={ada}&code=8867-4"), &admin)
+        .await;
+    assert!(status.is_success(), "{bundle}");
+    let entries = bundle["entry"].as_array().expect("entries");
+    assert_eq!(entries.len(), 1, "{bundle}");
+    let observation = &entries[0]["resource"];
+    assert_eq!(observation["performer"][0]["reference"], "Practitioner/dr");
+    assert_eq!(observation["valueQuantity"]["value"], json!(72));
+
+    // The chart reads were audited as the clinician, like FHIR API reads.
+    let auditor = server.token("system/AuditEvent.rs");
+    let (status, _, events) = server
+        .get(
+            &format!("/fhir/AuditEvent?patient={ada}&_count=100"),
+            &auditor,
+        )
+        .await;
+    assert!(status.is_success(), "{events}");
+    let by_clinician = events["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|entry| {
+            entry["resource"]["agent"]
+                .to_string()
+                .contains("Practitioner/dr")
+        })
+        .count();
+    assert!(
+        by_clinician > 0,
+        "no AuditEvent names Practitioner/dr: {events}"
+    );
+
+    // Sign out, then the back button shows no PHI.
+    click(&browser, "form[action='/app/signout'] button").await;
+    let url = browser.current_url().await.expect("url");
+    assert_eq!(url.path(), "/app/signed-out");
+    shots.take(&browser, "06-signed-out").await;
+    for _ in 0..3 {
+        browser.back().await.expect("back");
+        let source = browser.source().await.expect("page source");
+        let url = browser.current_url().await.expect("url");
+        assert!(
+            !source.contains(FAMILY),
+            "PHI shown at {url} after sign-out"
+        );
+        assert!(
+            !source.contains("Penicillin"),
+            "PHI shown at {url} after sign-out"
+        );
+    }
+    // The session is gone on the server too: the old cookie leads to the
+    // sign-in page and no PHI.
+    let response = server
+        .client()
+        .get(format!("{}{chart_path}", server.origin()))
+        .header("cookie", format!("__Host-ward-app={session_cookie}"))
+        .send()
+        .await
+        .expect("fetch the chart with the old cookie");
+    assert_eq!(response.url().path(), "/oauth/authorize");
+    let body = response.text().await.expect("body");
+    assert!(!body.contains(FAMILY), "{body}");
+
+    // Sign-out revoked both tokens at /oauth/revoke without an error.
+    let log = server.stderr_log();
+    assert!(log.contains("web app session ended"), "{log}");
+    assert!(!log.contains("revoking a web app token failed"), "{log}");
+
+    browser.close().await.expect("close the browser");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webapp_idle_page_signs_out() {
+    if !chromium_available() {
+        return;
+    }
+    let server = Server::start_with(&["--session-idle", "6s"], &[]);
+    seed(&server).await;
+    let secret = add_clinician(&server);
+    let driver = Driver::start();
+    let browser = browser(&driver).await;
+    let shots = Shots::new();
+    sign_in(&browser, &server, &secret, &shots).await;
+    assert!(page_text(&browser).await.contains(FAMILY));
+
+    // Left alone, the page goes to the signed-out page by itself.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let url = browser.current_url().await.expect("url");
+        if url.path() == "/app/signed-out" {
+            assert_eq!(url.query(), Some("reason=timeout"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the idle page stayed at {url}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let text = page_text(&browser).await;
+    assert!(text.contains("not used for a while"), "{text}");
+    assert!(!text.contains(FAMILY), "{text}");
+
+    // Both sessions ended: opening the app shows the password form again.
+    browser
+        .goto(&format!("{}/app", server.origin()))
+        .await
+        .expect("open /app");
+    element(&browser, Locator::Id("password")).await;
+    let url = browser.current_url().await.expect("url");
+    assert_eq!(url.path(), "/oauth/authorize");
+    browser.close().await.expect("close the browser");
+}
