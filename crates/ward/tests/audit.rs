@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::fixtures::Admin;
-use common::{Server, WARD};
+use common::{Server, WARD, ward};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -561,36 +561,6 @@ fn start_with_config(toml: &str, args: &[&str]) -> Server {
     std::fs::create_dir(&data).expect("create the data directory");
     std::fs::write(data.join("ward.toml"), toml).expect("write ward.toml");
     Server::start_in(root, data, args, &[("NO_COLOR", "1")])
-}
-
-/// Runs a `ward` subcommand on the server's data and returns its stdout.
-fn ward(server: &Server, args: &[&str], stdin: Option<&str>) -> String {
-    use std::io::Write as _;
-    let mut command = Command::new(WARD);
-    command
-        .args(args)
-        .arg("--data")
-        .arg(server.data_dir())
-        .env_remove("WARD_DATABASE")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    if let Some(database) = server.database() {
-        command.args(["--database", database.url().as_str()]);
-    }
-    let mut child = command.spawn().expect("run ward");
-    if let Some(text) = stdin {
-        let mut input = child.stdin.take().expect("stdin");
-        input.write_all(text.as_bytes()).expect("write stdin");
-    }
-    drop(child.stdin.take());
-    let output = child.wait_with_output().expect("wait for ward");
-    assert!(
-        output.status.success(),
-        "ward {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8 output")
 }
 
 /// Adds a user and returns its TOTP secret.

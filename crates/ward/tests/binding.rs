@@ -5,8 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -22,46 +20,13 @@ use ward_auth::oauth::CodeChallenge;
 use ward_auth::totp::{self, TotpSecret};
 use ward_crypto::{CertificateAuthority, MasterKey, SealedSecret};
 
-use common::{Server, WARD, header};
+use common::{Server, header, ward};
 
 const VERIFIER: &str = "kM2x9vQpL7rT4sW1yZ8bN3cF6hJ0dG5aE2uI9oP4lKqX";
 const REDIRECT: &str = "http://127.0.0.1:7001/callback";
 const CLIENT_ID: &str = "bound-app";
 const PASSWORD: &str = "violet-otter-harbor-42";
 const SCOPE: &str = "launch/patient patient/Patient.rs offline_access";
-
-/// Runs `ward ARGS --data DIR` against the server's data directory.
-fn ward(server: &Server, args: &[&str], stdin: Option<&str>) -> String {
-    let data = server.data_dir().to_str().expect("UTF-8 path").to_owned();
-    let mut command = Command::new(WARD);
-    command
-        .args(args)
-        .args(["--data", &data])
-        .env_remove("WARD_DATABASE")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(database) = server.database() {
-        command.args(["--database", database.url().as_str()]);
-    }
-    let mut child = command.spawn().expect("run ward");
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write stdin");
-    }
-    drop(child.stdin.take());
-    let output = child.wait_with_output().expect("wait for ward");
-    assert!(
-        output.status.success(),
-        "ward {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8 output")
-}
 
 /// A patient user who signs in with password and TOTP.
 struct User {

@@ -4,33 +4,19 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::device::{DeviceKey, device_client, enroll, post, posture};
-use common::{Server, WARD};
+use common::{Server, ward};
 use reqwest::StatusCode;
 use serde_json::json;
-
-fn add_user(server: &Server, name: &str) {
-    let data = server.data_dir().to_str().expect("UTF-8 path").to_owned();
-    let mut command = Command::new(WARD);
-    command.args(["user", "add", "--username", name, "--role", "physician"]);
-    command.args(["--data", &data]);
-    if let Some(database) = server.database() {
-        command.args(["--database", database.url().as_str()]);
-    }
-    let output = command.output().expect("run ward user add");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 #[tokio::test]
 async fn renewal_replaces_device_certificate() {
     let server = Server::start();
-    add_user(&server, "carol");
+    ward(
+        &server,
+        &["user", "add", "--username", "carol", "--role", "physician"],
+        None,
+    );
     let admin = server.token("admin");
     let device = enroll(&server, &admin, "carol").await;
     let origin = server.origin().to_owned();

@@ -5,8 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -18,7 +17,7 @@ use time::OffsetDateTime;
 use ward_auth::oauth::CodeChallenge;
 use ward_auth::totp::{self, TotpSecret};
 
-use common::{Server, WARD, header};
+use common::{Server, WARD, header, ward};
 
 const VERIFIER: &str = "kM2x9vQpL7rT4sW1yZ8bN3cF6hJ0dG5aE2uI9oP4lKqX";
 const APP_REDIRECT: &str = "http://127.0.0.1:7001/callback";
@@ -55,38 +54,6 @@ impl User {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
-}
-
-fn ward(server: &Server, args: &[&str], stdin: Option<&str>) -> String {
-    let data = server.data_dir().to_str().expect("UTF-8 path").to_owned();
-    let mut command = Command::new(WARD);
-    command
-        .args(args)
-        .args(["--data", &data])
-        .env_remove("WARD_DATABASE")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(database) = server.database() {
-        command.args(["--database", database.url().as_str()]);
-    }
-    let mut child = command.spawn().expect("run ward");
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write stdin");
-    }
-    drop(child.stdin.take());
-    let output = child.wait_with_output().expect("wait for ward");
-    assert!(
-        output.status.success(),
-        "ward {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8 output")
 }
 
 fn add_user(server: &Server, name: &str, role: &str, fhir_user: Option<&str>) -> User {

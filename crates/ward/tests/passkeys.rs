@@ -11,8 +11,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -26,7 +24,7 @@ use webauthn_authenticator_rs::WebauthnAuthenticator as _;
 use webauthn_authenticator_rs::prelude::{RegisterPublicKeyCredential, RequestChallengeResponse};
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 
-use common::{Server, WARD, header};
+use common::{Server, header, ward};
 
 /// The public origin of the servers in these tests.
 const SITE: &str = "https://ward.test";
@@ -35,38 +33,6 @@ const APP_REDIRECT: &str = "http://127.0.0.1:7001/callback";
 const PASSWORD: &str = "violet-otter-harbor-42";
 const PASSKEY_FAILED: &str = "The passkey could not be verified.";
 const SCOPE: &str = "openid fhirUser launch/patient patient/Patient.rs";
-
-fn ward(server: &Server, args: &[&str], stdin: Option<&str>) -> String {
-    let data = server.data_dir().to_str().expect("UTF-8 path").to_owned();
-    let mut command = Command::new(WARD);
-    command
-        .args(args)
-        .args(["--data", &data])
-        .env_remove("WARD_DATABASE")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(database) = server.database() {
-        command.args(["--database", database.url().as_str()]);
-    }
-    let mut child = command.spawn().expect("run ward");
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write stdin");
-    }
-    drop(child.stdin.take());
-    let output = child.wait_with_output().expect("wait for ward");
-    assert!(
-        output.status.success(),
-        "ward {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8 output")
-}
 
 /// A user created with `ward user add`, with the TOTP secret to sign in
 /// before a passkey is registered.

@@ -382,6 +382,38 @@ pub fn parse_body(bytes: &[u8]) -> Value {
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
+/// Runs `ward ARGS --data DIR` (and `--database URL` on PostgreSQL) on
+/// `server`'s store, writing `stdin` to its standard input, and returns its
+/// standard output; panics with its stderr when it fails.
+pub fn ward(server: &Server, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write as _;
+    let mut command = Command::new(WARD);
+    command
+        .args(args)
+        .arg("--data")
+        .arg(server.data_dir())
+        .env_remove("WARD_DATABASE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(database) = server.database() {
+        command.args(["--database", database.url().as_str()]);
+    }
+    let mut child = command.spawn().expect("run ward");
+    if let Some(text) = stdin {
+        let mut input = child.stdin.take().expect("stdin");
+        input.write_all(text.as_bytes()).expect("write stdin");
+    }
+    drop(child.stdin.take());
+    let output = child.wait_with_output().expect("wait for ward");
+    assert!(
+        output.status.success(),
+        "ward {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
 /// A header value as text, or "" when it is missing.
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
     headers
