@@ -63,11 +63,14 @@ pub enum Role {
     Auditor,
     /// A patient using their own record.
     Patient,
+    /// Laboratory staff who record results and send them to the ordering
+    /// organization.
+    LabTechnician,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Role::Physician,
         Role::Nurse,
         Role::Pharmacist,
@@ -75,6 +78,7 @@ impl Role {
         Role::SecurityAdmin,
         Role::Auditor,
         Role::Patient,
+        Role::LabTechnician,
     ];
 
     /// The role's name in the policy file.
@@ -87,6 +91,7 @@ impl Role {
             Role::SecurityAdmin => "security_admin",
             Role::Auditor => "auditor",
             Role::Patient => "patient",
+            Role::LabTechnician => "lab_technician",
         }
     }
 

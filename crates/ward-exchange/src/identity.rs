@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::error::Error;
 use crate::jose::{b64, point_jwk};
+use crate::role::OrgRole;
 
 /// The file with the organization id and name.
 pub const ORG_FILE: &str = "exchange-org.json";
@@ -36,6 +37,9 @@ const ENCRYPTION_KEY_LABEL: &str = "ward-exchange-encryption-key";
 struct OrgFile {
     id: String,
     name: String,
+    /// Absent in files written before roles existed, which were clinics.
+    #[serde(default)]
+    role: OrgRole,
 }
 
 /// The organization's exchange identity.
@@ -44,6 +48,8 @@ pub struct OrgIdentity {
     pub id: String,
     /// The display name.
     pub name: String,
+    /// The organization's role in the exchange.
+    pub role: OrgRole,
     /// Signs outgoing messages and acknowledgements.
     pub signing: SigningKey,
     encryption: PrivateKey,
@@ -76,6 +82,7 @@ impl OrgIdentity {
             let org = OrgFile {
                 id: format!("org-{}", uuid::Uuid::new_v4().simple()),
                 name: default_name.to_owned(),
+                role: OrgRole::default(),
             };
             let text = serde_json::to_vec_pretty(&org).map_err(|_| Error::Corrupt(ORG_FILE))?;
             write_new(&org_path, &text, 0o644)?;
@@ -128,10 +135,37 @@ impl OrgIdentity {
         Ok(Self {
             id: org.id,
             name: org.name,
+            role: org.role,
             signing,
             encryption,
             encryption_jwk,
         })
+    }
+
+    /// Sets the role and writes it to the identity file in `dir` when it
+    /// changed. The file is replaced through a temporary file and a rename,
+    /// so a crash leaves either the old or the new file.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the file cannot be written.
+    pub fn set_role(&mut self, dir: &Path, role: OrgRole) -> Result<(), Error> {
+        if self.role == role {
+            return Ok(());
+        }
+        let org = OrgFile {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            role,
+        };
+        let text = serde_json::to_vec_pretty(&org).map_err(|_| Error::Corrupt(ORG_FILE))?;
+        let path = dir.join(ORG_FILE);
+        let temporary = dir.join(format!("{ORG_FILE}.tmp"));
+        let _ = fs::remove_file(&temporary);
+        write_new(&temporary, &text, 0o644)?;
+        fs::rename(&temporary, &path).map_err(io_err(&path))?;
+        self.role = role;
+        Ok(())
     }
 
     /// Returns the public encryption key as a JWK with its `kid`.
@@ -218,6 +252,19 @@ mod tests {
         assert_eq!(first.signing.kid(), second.signing.kid());
         assert_eq!(first.encryption_jwk(), second.encryption_jwk());
         assert!(first.id.starts_with("org-"));
+    }
+
+    #[test]
+    fn role_is_stored_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::generate().unwrap();
+        let mut first = OrgIdentity::open_or_init(dir.path(), &master, "Pharmacy B").unwrap();
+        assert_eq!(first.role, OrgRole::Clinic);
+        first.set_role(dir.path(), OrgRole::Pharmacy).unwrap();
+        let second = OrgIdentity::open_or_init(dir.path(), &master, "ignored").unwrap();
+        assert_eq!(second.role, OrgRole::Pharmacy);
+        assert_eq!(second.id, first.id);
+        assert!(!dir.path().join(format!("{ORG_FILE}.tmp")).exists());
     }
 
     #[test]

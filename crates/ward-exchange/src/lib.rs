@@ -18,8 +18,10 @@ pub mod identity;
 pub mod jose;
 pub mod message;
 pub mod outbox;
+pub mod role;
 pub mod trust;
 
 pub use error::{Error, Rejection};
 pub use identity::OrgIdentity;
+pub use role::OrgRole;
 pub use trust::TrustEntry;

@@ -25,6 +25,9 @@ pub enum Status {
     Delivered,
     /// Given up on; an alert was raised.
     Failed,
+    /// Delivered, and the recipient pharmacy reported the prescription in
+    /// it as dispensed.
+    Dispensed,
 }
 
 impl Status {
@@ -34,6 +37,7 @@ impl Status {
             Self::Queued => "queued",
             Self::Delivered => "delivered",
             Self::Failed => "failed",
+            Self::Dispensed => "dispensed",
         }
     }
 }
@@ -109,6 +113,29 @@ pub fn get(store: &dyn Store, id: &str) -> Result<Option<OutboxMessage>, Error> 
     }
 }
 
+/// Marks message `id` dispensed when `reporter` is the organization it was
+/// sent to. Returns whether the message was marked: an unknown id, another
+/// recipient or a failed message leaves the outbox unchanged.
+///
+/// NOTE: the delivery loop saves its in-memory copy of a message after the
+/// acknowledgement, so a dispensing report that arrives before that save
+/// is overwritten with `delivered`.
+///
+/// # Errors
+///
+/// [`Error::Store`] or [`Error::Corrupt`].
+pub fn mark_dispensed(store: &dyn Store, id: &str, reporter: &str) -> Result<bool, Error> {
+    let Some(mut message) = get(store, id)? else {
+        return Ok(false);
+    };
+    if message.recipient != reporter || message.status == Status::Failed {
+        return Ok(false);
+    }
+    message.status = Status::Dispensed;
+    save(store, &message)?;
+    Ok(true)
+}
+
 /// Lists the queued messages whose next attempt is due at `now`.
 ///
 /// NOTE: this reads the whole namespace, delivered messages included, on
@@ -168,6 +195,44 @@ mod tests {
         assert_eq!(backoff_secs(4, 2, 60, u32::MAX / 2), 11);
         assert_eq!(backoff_secs(4, 2, 60, u32::MAX), 16);
         assert!(backoff_secs(0, 0, 0, 0) >= 1);
+    }
+
+    fn queued(id: &str, recipient: &str) -> OutboxMessage {
+        OutboxMessage {
+            id: id.to_owned(),
+            recipient: recipient.to_owned(),
+            sender_user: "dr-a".to_owned(),
+            bundle: Value::Null,
+            status: Status::Delivered,
+            created: 1,
+            next_attempt: 1,
+            give_up_at: 2,
+            attempts: 1,
+            last_error: None,
+            response_code: Some("ok".to_owned()),
+            delivered_at: Some(1),
+        }
+    }
+
+    #[test]
+    fn dispensed_only_by_recipient() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = ward_crypto::MasterKey::generate().unwrap();
+        let options = ward_store::SqliteOptions::new(dir.path().join("ward.db"));
+        let store = ward_store::SqliteStore::open(&options, &master).unwrap();
+        enqueue(&store, &queued("m-1", "org-pharmacy")).unwrap();
+
+        assert!(!mark_dispensed(&store, "m-1", "org-other").unwrap());
+        assert_eq!(
+            get(&store, "m-1").unwrap().unwrap().status,
+            Status::Delivered
+        );
+        assert!(!mark_dispensed(&store, "m-unknown", "org-pharmacy").unwrap());
+        assert!(mark_dispensed(&store, "m-1", "org-pharmacy").unwrap());
+        assert_eq!(
+            get(&store, "m-1").unwrap().unwrap().status,
+            Status::Dispensed
+        );
     }
 
     #[test]

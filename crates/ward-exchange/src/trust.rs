@@ -12,6 +12,7 @@ use ward_store::Store;
 use crate::error::Error;
 use crate::identity::{OrgIdentity, thumbprint};
 use crate::jose::jwk_point;
+use crate::role::OrgRole;
 
 /// Trust entries by organization id.
 pub const NS_TRUST: &str = "exchange.trust";
@@ -26,6 +27,10 @@ pub struct TrustEntry {
     pub org_id: String,
     /// The display name.
     pub name: String,
+    /// The organization's role. Entries exported before roles existed lack
+    /// it and were clinics.
+    #[serde(default)]
+    pub role: OrgRole,
     /// The `https://…/fhir/$process-message` URL messages are posted to.
     pub endpoint: String,
     /// The ES256 public key that signs its messages (JWK with `kid`).
@@ -51,6 +56,7 @@ impl TrustEntry {
         let mut entry = Self {
             org_id: identity.id.clone(),
             name: identity.name.clone(),
+            role: identity.role,
             endpoint: endpoint.to_owned(),
             signing_jwk: identity.signing.public_jwk(),
             encryption_jwk: identity.encryption_jwk().clone(),
@@ -63,19 +69,28 @@ impl TrustEntry {
     }
 
     /// Computes the fingerprint: SHA-256 (hex) over the fields joined by
-    /// newlines, each key given by its RFC 7638 thumbprint.
+    /// newlines, each key given by its RFC 7638 thumbprint. A clinic entry
+    /// leaves the role out (format v1), so entries exported before roles
+    /// existed keep their fingerprint; any other role is covered (v2).
     pub fn compute_fingerprint(&self) -> String {
-        let text = [
+        let signing = thumbprint(&self.signing_jwk);
+        let encryption = thumbprint(&self.encryption_jwk);
+        let not_after = self.not_after.to_string();
+        let mut fields = vec![
             "ward-trust-entry-v1",
             &self.org_id,
             &self.name,
             &self.endpoint,
-            &thumbprint(&self.signing_jwk),
-            &thumbprint(&self.encryption_jwk),
+            &signing,
+            &encryption,
             self.ca_pem.trim(),
-            &self.not_after.to_string(),
-        ]
-        .join("\n");
+            &not_after,
+        ];
+        if self.role != OrgRole::Clinic {
+            fields[0] = "ward-trust-entry-v2";
+            fields.push(self.role.as_str());
+        }
+        let text = fields.join("\n");
         hex::encode(aws_lc_rs::digest::digest(
             &aws_lc_rs::digest::SHA256,
             text.as_bytes(),
@@ -229,6 +244,9 @@ pub(crate) mod tests {
         let mut altered = entry.clone();
         altered.not_after += 1;
         assert!(altered.check(None).is_err());
+        let mut altered = entry.clone();
+        altered.role = OrgRole::Pharmacy;
+        assert!(altered.check(None).is_err(), "role not covered");
         assert!(entry.check(Some("00")).is_err());
     }
 

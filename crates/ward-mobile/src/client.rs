@@ -158,7 +158,7 @@ const TOKEN_KEY: &str = "tokens";
 const CHECKIN_KEY: &str = "last-checkin";
 
 /// Keys and store while unlocked.
-struct Session {
+pub(crate) struct Session {
     keys: UnlockedKeys,
     store: Store,
     last_activity: Instant,
@@ -247,7 +247,7 @@ impl Client {
 
     /// Runs `work` with the unlocked session after the idle and offline
     /// checks, and records the activity.
-    fn with_session<T>(
+    pub(crate) fn with_session<T>(
         &self,
         work: impl FnOnce(&mut Session) -> MobileResult<T>,
     ) -> MobileResult<T> {
@@ -835,7 +835,7 @@ fn config(store: &Store) -> MobileResult<ServerConfig> {
     })
 }
 
-fn transport(session: &Session) -> MobileResult<Transport> {
+pub(crate) fn transport(session: &Session) -> MobileResult<Transport> {
     let config = config(&session.store)?;
     let identity = match &config.certificate_pem {
         Some(certificate) => Some(device::identity_pem(
@@ -848,7 +848,7 @@ fn transport(session: &Session) -> MobileResult<Transport> {
 }
 
 /// The stored tokens, refreshed when the access token is about to expire.
-fn fresh_tokens(session: &Session, transport: &Transport) -> MobileResult<TokenSet> {
+pub(crate) fn fresh_tokens(session: &Session, transport: &Transport) -> MobileResult<TokenSet> {
     let tokens: TokenSet = session
         .store
         .get_json(kind::TOKEN, TOKEN_KEY)?

@@ -26,10 +26,11 @@
 //!   `document_note(patient_id, title, text, amends) -> String`,
 //!   `document_vitals(patient_id, vitals) -> Vec<String>`,
 //!   `discard_draft(draft_id)`, `status() -> Status`, `checkin() ->
-//!   Checkin`, `wipe()`
+//!   Checkin`, `send_message(recipient, bundle) -> String`,
+//!   `message_status(id) -> MessageStatus`, `wipe()`
 //! - records: `Posture`, `Enrollment`, `Compliance`, `ComplianceFailure`,
 //!   `Checkin`, `SyncReport`, `PatientSummary`, `PatientRecord`,
-//!   `CachedResource`, `Status`, `DraftInfo`, `Vitals`
+//!   `CachedResource`, `Status`, `DraftInfo`, `Vitals`, `MessageStatus`
 //! - enums: `DraftState`, `MobileError`
 //!
 //! `Client::open_with` (options) and `provision`/`use_bearer_token` (for
@@ -42,6 +43,7 @@ mod client;
 mod device;
 mod documents;
 mod error;
+mod exchange;
 mod http;
 pub mod keys;
 mod signin;
@@ -52,6 +54,7 @@ pub use client::{CachedResource, Client, ClientOptions, PatientRecord, PatientSu
 pub use device::{Checkin, Compliance, ComplianceFailure, Enrollment, Posture};
 pub use documents::{DRAFT_SYSTEM, DraftInfo, DraftState, Vitals};
 pub use error::{MobileError, MobileResult};
+pub use exchange::MessageStatus;
 pub use keys::KdfCost;
 pub use signin::{CLIENT_ID, REDIRECT_URI, SCOPE};
 pub use sync::{CHART_TYPES, SyncReport};

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use ward_mobile::{Client, ClientOptions, Posture, Vitals};
+use ward_mobile::{Client, ClientOptions, MessageStatus, Posture, Vitals};
 use zeroize::Zeroizing;
 
 /// The Ward mobile client on the command line.
@@ -111,6 +111,21 @@ enum Command {
         /// Report a changed posture: whether storage is encrypted.
         #[arg(long)]
         storage_encrypted: Option<bool>,
+    },
+    /// Send a FHIR message Bundle to a trusted organization through the
+    /// server's outbox, then print its delivery status.
+    Send {
+        /// The recipient organization id, from `ward org list`.
+        #[arg(long)]
+        to: String,
+        /// The message Bundle (JSON) to send.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Print the delivery status of a sent message.
+    Outbox {
+        /// The outbox id that `send` printed.
+        id: String,
     },
     /// Renew the device certificate now (check-ins also renew it a week
     /// before it expires); sign in again afterwards.
@@ -355,6 +370,16 @@ fn unlocked(client: &Client, command: Command) -> Result<()> {
                 println!("the server ordered a wipe; this device is wiped and the wipe confirmed");
             }
         }
+        Command::Send { to, file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading the message Bundle {}", file.display()))?;
+            let bundle: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", file.display()))?;
+            let id = client.send_message(&to, &bundle)?;
+            println!("queued message {id} for {to}");
+            print_message_status(&client.message_status(&id)?);
+        }
+        Command::Outbox { id } => print_message_status(&client.message_status(&id)?),
         Command::Renew => {
             let not_after = client.renew()?;
             println!("renewed the device certificate, valid until {not_after}; sign in again");
@@ -405,6 +430,16 @@ fn document(client: &Client, kind: DocumentKind) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_message_status(status: &MessageStatus) {
+    println!(
+        "message {} to {}: {} after {} attempts",
+        status.id, status.recipient, status.status, status.attempts
+    );
+    if let Some(error) = &status.last_error {
+        println!("last error: {error}");
+    }
 }
 
 fn print_status(client: &Client) -> Result<()> {

@@ -44,6 +44,8 @@ pub enum Command {
     Restore(crate::backup::RestoreArgs),
     /// Manage the organization's exchange identity and the organizations it trusts.
     Org(crate::org::OrgArgs),
+    /// Run the exchange scenario on loopback: four organizations, a physician's phone, a referral, an e-prescription and a lab result, with the audit records of each step.
+    Demo(crate::demo::DemoArgs),
 }
 
 /// `ward serve`: the server options and the audit options.
@@ -72,6 +74,9 @@ pub struct ExchangeServeArgs {
     /// Seconds after queueing when an undelivered message is marked failed and an alert is raised.
     #[arg(long, env = "WARD_EXCHANGE_GIVE_UP", default_value_t = 86_400)]
     pub exchange_give_up: u64,
+    /// The organization's role in the exchange: clinic, pharmacy or lab. It is stored in the exchange identity and shown in the exported trust entry [default: the stored role, or clinic on first start].
+    #[arg(long, env = "WARD_ROLE")]
+    pub role: Option<ward_exchange::OrgRole>,
 }
 
 /// Audit options of `ward serve`.
@@ -253,7 +258,7 @@ pub struct TokenArgs {
     /// A patient id to put in context, for patient/ scopes.
     #[arg(long)]
     pub patient: Option<String>,
-    /// A role from the access policy (physician, nurse, pharmacist, front_desk, security_admin, auditor, patient), for a token that acts as a user.
+    /// A role from the access policy (physician, nurse, pharmacist, front_desk, security_admin, auditor, patient, lab_technician), for a token that acts as a user.
     #[arg(long)]
     pub role: Option<String>,
     /// The user's FHIR resource, such as Practitioner/123 (SMART fhirUser).

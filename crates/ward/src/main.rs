@@ -8,6 +8,7 @@ mod backup;
 mod cli;
 mod client;
 mod config;
+mod demo;
 mod device;
 mod import;
 mod keys;
@@ -37,6 +38,7 @@ fn main() -> std::process::ExitCode {
         Command::Backup(args) => backup::run_backup(&args),
         Command::Restore(args) => backup::run_restore(&args),
         Command::Org(args) => org::run(args),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

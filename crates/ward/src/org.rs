@@ -143,11 +143,12 @@ fn trust_file(args: &TrustArgs) -> Result<()> {
         &[
             ("org_id", &entry.org_id),
             ("name", &entry.name),
+            ("role", entry.role.as_str()),
             ("endpoint", &entry.endpoint),
             ("fingerprint", &entry.fingerprint),
         ],
     )?;
-    println!("trusted {} ({})", entry.org_id, entry.name);
+    println!("trusted {} ({}, {})", entry.org_id, entry.name, entry.role);
     Ok(())
 }
 
@@ -155,8 +156,8 @@ fn list(args: &StoreArgs) -> Result<()> {
     let store = open_store(args)?;
     let entries = trust::list(store.as_ref())?;
     println!(
-        "{:<40} {:<24} {:<20} {:<16} ENDPOINT",
-        "ID", "NAME", "NOT AFTER", "FINGERPRINT"
+        "{:<40} {:<24} {:<9} {:<20} {:<16} ENDPOINT",
+        "ID", "NAME", "ROLE", "NOT AFTER", "FINGERPRINT"
     );
     for entry in entries {
         let not_after = time::OffsetDateTime::from_unix_timestamp(entry.not_after)
@@ -167,9 +168,10 @@ fn list(args: &StoreArgs) -> Result<()> {
             })
             .unwrap_or_else(|| entry.not_after.to_string());
         println!(
-            "{:<40} {:<24} {:<20} {:<16} {}",
+            "{:<40} {:<24} {:<9} {:<20} {:<16} {}",
             entry.org_id,
             entry.name,
+            entry.role.as_str(),
             not_after,
             entry.fingerprint.get(..16).unwrap_or_default(),
             entry.endpoint

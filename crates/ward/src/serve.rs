@@ -280,9 +280,16 @@ async fn serve(
     .context("loading the token signing key")?
     .with_retired_keys(keys.retired_signing.iter().map(|k| k.jwk.clone()).collect());
     let devices = crate::device::service(&settings, &keys)?;
-    let identity =
+    let mut identity =
         ward_exchange::OrgIdentity::open_or_init(&settings.data, &keys.master, DEFAULT_ORG_NAME)
             .context("loading the exchange identity")?;
+    if let Some(role) = exchange_args.role.filter(|role| *role != identity.role) {
+        tracing::warn!(target: "ward::exchange", org = %identity.id, from = %identity.role, to = %role, "organization role changed; run `ward org export` again and send the new entry to the organizations that trust this one");
+        identity
+            .set_role(&settings.data, role)
+            .context("storing the organization role")?;
+    }
+    tracing::info!(target: "ward::exchange", org = %identity.id, role = %identity.role, "exchange identity loaded");
     let exchange = ExchangeService::new(identity, delivery_settings(&exchange_args));
     let state = AppState::new(engine, verifier)
         .with_oauth(Arc::new(oauth))

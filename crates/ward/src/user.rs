@@ -60,7 +60,7 @@ pub struct UserAddArgs {
     /// The sign-in name.
     #[arg(long)]
     pub username: String,
-    /// The role: physician, nurse, pharmacist, front_desk, security_admin, auditor or patient.
+    /// The role: physician, nurse, pharmacist, front_desk, security_admin, auditor, patient or lab_technician.
     #[arg(long)]
     pub role: String,
     /// The user's FHIR resource: Practitioner/ID, or Patient/ID (required for the patient role).

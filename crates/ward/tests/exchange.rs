@@ -6,90 +6,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use ward_exchange::{OrgIdentity, TrustEntry, envelope, jose};
+use ward_exchange::{OrgIdentity, envelope, jose};
 
-use common::{Server, WARD, header, send};
-
-/// Retry settings that keep the tests short.
-const FAST_RETRY: &[&str] = &["--exchange-retry-base", "1", "--exchange-retry-max", "2"];
-
-fn ward(args: &[&str]) -> Output {
-    Command::new(WARD)
-        .args(args)
-        .env_remove("WARD_DATA")
-        .env_remove("WARD_LISTEN")
-        .env_remove("WARD_BASE_URL")
-        .output()
-        .expect("run ward")
-}
-
-fn data_arg(server: &Server) -> String {
-    server.data_dir().to_str().expect("UTF-8 path").to_owned()
-}
-
-/// Runs `ward org SUBCOMMAND` (or `ward audit export`) on the store of
-/// `server`: its data directory, and its database on PostgreSQL.
-fn ward_on(server: &Server, subcommand: &[&str], extra: &[&str]) -> Output {
-    let data = data_arg(server);
-    let url = server.database().map(common::TestDatabase::url);
-    let mut args: Vec<&str> = subcommand.to_vec();
-    args.extend(["--data", data.as_str()]);
-    if let Some(url) = &url {
-        args.extend(["--database", url.as_str()]);
-    }
-    args.extend(extra);
-    ward(&args)
-}
-
-/// Exports the trust entry of `server` to a file beside its data directory.
-fn export(server: &Server) -> (PathBuf, TrustEntry) {
-    let output = ward_on(server, &["org", "export"], &[]);
-    assert!(
-        output.status.success(),
-        "ward org export failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let entry: TrustEntry = serde_json::from_slice(&output.stdout).expect("export prints JSON");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains(&entry.fingerprint),
-        "fingerprint not printed: {stderr}"
-    );
-    let path = server
-        .data_dir()
-        .with_file_name(format!("{}.json", entry.org_id));
-    std::fs::write(&path, &output.stdout).expect("write the export");
-    (path, entry)
-}
-
-fn trust(server: &Server, file: &Path, fingerprint: &str) {
-    let file = file.to_str().expect("UTF-8 path");
-    let output = ward_on(
-        server,
-        &["org", "trust"],
-        &["--fingerprint", fingerprint, file],
-    );
-    assert!(
-        output.status.success(),
-        "ward org trust failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// Makes `a` and `b` trust each other; returns their entries.
-fn trust_both(a: &Server, b: &Server) -> (TrustEntry, TrustEntry) {
-    let (a_file, a_entry) = export(a);
-    let (b_file, b_entry) = export(b);
-    trust(a, &b_file, &b_entry.fingerprint);
-    trust(b, &a_file, &a_entry.fingerprint);
-    (a_entry, b_entry)
-}
+use common::exchange::{FAST_RETRY, export, trust, trust_both, ward_on};
+use common::{Server, header, send};
 
 /// Builds a referral: MessageHeader, ServiceRequest, Patient, Practitioner,
 /// Condition, Observation, MedicationRequest and AllergyIntolerance.

@@ -3,13 +3,17 @@
 //! (`POST /fhir/$send-message`, the outbox status and the delivery loop).
 //! The envelope, trust bundle and outbox records live in `ward-exchange`.
 //!
-//! TODO: the pharmacy and laboratory roles (e-prescriptions filed for
-//! dispensing, DiagnosticReport results routed to the ordering clinician)
-//! and the second factor for controlled substances attach to the filing
-//! step in `receive` and the role check in `send`.
+//! The organization roles add to this: a pharmacy reports dispensing back
+//! to the prescriber ([`report_dispense`]), and a clinic marks the
+//! prescription message `dispensed` when that report is filed ([`roles`]).
+//! Laboratory results travel as ordinary messages sent by a
+//! `lab_technician`. The second factor for controlled substances is in [`controlled`].
 
+pub mod controlled;
 mod deliver;
+mod dispense;
 mod receive;
+pub mod roles;
 mod send;
 
 use std::sync::Arc;
@@ -25,6 +29,7 @@ use crate::AppState;
 use crate::audit::Actor;
 
 pub use deliver::run_outbox;
+pub use dispense::report_dispense;
 
 /// The media type of a JOSE compact serialization (RFC 7515, RFC 7516).
 pub const JOSE: &str = "application/jose";
@@ -113,7 +118,8 @@ fn org_actor(org_id: &str, network: Option<std::net::IpAddr>) -> Actor {
 
 /// Writes an exchange audit record: `event` (`message_received`,
 /// `message_rejected`, `message_queued`, `message_delivered`,
-/// `message_failed`) with its details, and `reason` for a failure.
+/// `message_failed`, `message_dispensed`, `message_queue_failed`) with its
+/// details, and `reason` for a failure.
 async fn audit_exchange(
     state: &AppState,
     actor: &Actor,

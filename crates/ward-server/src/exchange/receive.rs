@@ -188,6 +188,9 @@ async fn file_and_acknowledge(state: &AppState, actor: &Actor, opened: Opened) -
     if !matches!(stored, Ok(Ok(()))) {
         tracing::error!(target: "ward::exchange", "storing an acknowledgement failed; a retry of the message will be rejected as in progress");
     }
+    if code == "ok" {
+        super::roles::after_filing(state, actor, &opened).await;
+    }
     let (event, audit_outcome, failure) = if code == "ok" {
         ("message_received", Outcome::Success, None)
     } else {
@@ -235,7 +238,8 @@ fn file(engine: &crate::fhir::engine::Engine, opened: &Opened) -> Result<usize, 
         .map_err(|(text, path)| FhirError::invalid_at(IssueType::Invalid, text, path))?;
     ward_fhir::validate::validate_resource(&opened.bundle)
         .map_err(|outcome| FhirError::with_outcome(StatusCode::UNPROCESSABLE_ENTITY, outcome))?;
-    let transaction = message::filing_transaction(&opened.bundle, &opened.sender.org_id);
+    let mut transaction = message::filing_transaction(&opened.bundle, &opened.sender.org_id);
+    super::roles::tag_with_message(&mut transaction, &opened.message_id);
     let count = transaction["entry"].as_array().map_or(0, Vec::len);
     let principal = Principal::system(&format!("org:{}", opened.sender.org_id), "system/*.cruds");
     engine.process_bundle(&principal, &transaction, ReturnPreference::Minimal)?;

@@ -5,7 +5,8 @@
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::request::Parts;
+use http::{HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use ward_audit::record::Outcome;
@@ -13,16 +14,16 @@ use ward_exchange::outbox::{self, OutboxMessage};
 use ward_exchange::{message, trust};
 use ward_fhir::IssueType;
 
-use super::{audit_exchange, now_secs};
+use super::{audit_exchange, controlled, now_secs};
 use crate::AppState;
 use crate::audit::{Actor, Peer};
-use crate::auth::{self, Principal};
+use crate::auth::{self, Principal, RequestAuth};
 use crate::error::FhirError;
 use crate::fhir::response::json_response;
 use crate::scopes::Permission;
 
 /// The roles that may send messages to other organizations.
-const SENDER_ROLES: &[&str] = &["physician", "nurse"];
+const SENDER_ROLES: &[&str] = &["physician", "nurse", "lab_technician"];
 
 /// The query of `$send-message`.
 #[derive(Debug, Deserialize)]
@@ -30,13 +31,16 @@ pub(super) struct SendQuery {
     recipient: Option<String>,
 }
 
-/// Checks that the caller is a clinician allowed to send messages.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Principal, FhirError> {
-    let principal = auth::authenticate(headers, &state.verifier)?;
+/// Checks that the caller is a clinician allowed to send messages. A token
+/// bound to a device certificate or DPoP key is accepted with its proof of
+/// possession, so a mobile device sends over its mutual TLS connection.
+async fn authorize(state: &AppState, request: &RequestAuth<'_>) -> Result<Principal, FhirError> {
+    let principal = auth::authenticate_request(request, &state.verifier)?;
+    crate::oauth::check_principal(state, &principal).await?;
     let role = principal.role.as_deref().unwrap_or_default();
     if !SENDER_ROLES.contains(&role) {
         return Err(FhirError::forbidden(
-            "sending messages to other organizations needs a physician or nurse token",
+            "sending messages to other organizations needs a physician, nurse or lab_technician token",
         ));
     }
     principal.require("Bundle", Permission::Create)?;
@@ -48,10 +52,11 @@ pub(super) async fn send_message(
     State(state): State<AppState>,
     Peer(network): Peer,
     Query(query): Query<SendQuery>,
-    headers: HeaderMap,
+    parts: Parts,
     body: axum::body::Bytes,
 ) -> Response {
-    match queue(&state, network, query, &headers, &body).await {
+    let request = RequestAuth::from_parts(&parts);
+    match queue(&state, network, query, &request, &body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
@@ -61,15 +66,16 @@ async fn queue(
     state: &AppState,
     network: Option<std::net::IpAddr>,
     query: SendQuery,
-    headers: &HeaderMap,
+    request: &RequestAuth<'_>,
     body: &[u8],
 ) -> Result<Response, FhirError> {
+    let headers = request.headers;
     let Some(exchange) = state.exchange.clone() else {
         return Err(FhirError::not_found(
             "this server does not exchange messages",
         ));
     };
-    let principal = authorize(state, headers)?;
+    let principal = authorize(state, request).await?;
     let recipient = query.recipient.ok_or_else(|| {
         FhirError::invalid_at(
             IssueType::Required,
@@ -91,6 +97,8 @@ async fn queue(
     }
     ward_fhir::validate::validate_resource(&bundle)
         .map_err(|outcome| FhirError::with_outcome(StatusCode::UNPROCESSABLE_ENTITY, outcome))?;
+    let actor = Actor::from_principal(&principal, network);
+    controlled::require_second_factor(state, &principal, &actor, headers, &mut bundle).await?;
 
     let now = now_secs();
     let give_up = i64::try_from(exchange.settings.give_up_after.as_secs()).unwrap_or(i64::MAX);
@@ -129,7 +137,6 @@ async fn queue(
         Err(error) => return Err(FhirError::internal(&error)),
     }
 
-    let actor = Actor::from_principal(&principal, network);
     audit_exchange(
         state,
         &actor,
@@ -158,12 +165,16 @@ async fn queue(
 pub(super) async fn outbox_status(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    parts: Parts,
 ) -> Response {
-    let principal = match auth::authenticate(&headers, &state.verifier) {
+    let request = RequestAuth::from_parts(&parts);
+    let principal = match auth::authenticate_request(&request, &state.verifier) {
         Ok(principal) => principal,
         Err(error) => return error.into_response(),
     };
+    if let Err(error) = crate::oauth::check_principal(&state, &principal).await {
+        return error.into_response();
+    }
     let store = state.engine.store.clone();
     let lookup = id.clone();
     let found = tokio::task::spawn_blocking(move || outbox::get(&*store, &lookup)).await;

@@ -367,6 +367,7 @@ async fn create(
     FhirBody(body): FhirBody,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
+    let is_dispense = resource_type == "MedicationDispense";
     let if_none_exist = ctx
         .headers
         .get("if-none-exist")
@@ -386,6 +387,12 @@ async fn create(
         Ok(result)
     })
     .await?;
+    // NOTE: only this route reports dispensing; a MedicationDispense
+    // created in a transaction Bundle sends no report.
+    let created = result.version.as_ref().and_then(|v| v.resource.as_ref());
+    if let (true, StatusCode::CREATED, Some(dispense)) = (is_dispense, result.status, created) {
+        crate::exchange::report_dispense(&state, &ctx.principal, ctx.peer, dispense).await;
+    }
     write_result(&state.engine, &ctx, result)
 }
 

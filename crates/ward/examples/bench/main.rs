@@ -9,12 +9,18 @@
 //! target/release/examples/bench [--patients 60] [--clients 32] [--backends sqlite,postgres]
 //! ```
 //!
+//! `--exchange-messages N --exchange-senders C` adds the exchange figure:
+//! two servers that trust each other, N messages through `$send-message`
+//! from C concurrent senders. With `--backends '' --memory-resources 0` it
+//! runs alone.
+//!
 //! Each backend gets a server on a fresh temporary data directory on a free
 //! port of 127.0.0.1 (PostgreSQL: a fresh database on 127.0.0.1:5432,
 //! dropped at the end). Security stays on: TLS, bearer tokens, access
 //! control and an audit record for every request. See BENCHMARKS.md for
 //! recorded runs and the goals.
 
+mod exchange;
 mod floors;
 mod http;
 mod phases;
@@ -57,6 +63,12 @@ pub struct Options {
     /// Resources to load for the memory figure (SQLite); 0 skips it.
     #[arg(long, default_value_t = 100_000)]
     memory_resources: usize,
+    /// Messages for the exchange figure between two servers (SQLite); 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    exchange_messages: usize,
+    /// Concurrent senders for the exchange figure.
+    #[arg(long, default_value_t = 8)]
+    exchange_senders: usize,
 }
 
 fn default_ward() -> Result<PathBuf> {
@@ -114,6 +126,17 @@ async fn run(options: Options) -> Result<()> {
     } else {
         None
     };
+    if options.exchange_messages > 0 {
+        let work = tempfile::tempdir()?;
+        let figure = exchange::run(
+            &ward,
+            work.path(),
+            options.exchange_messages,
+            options.exchange_senders,
+        )
+        .await?;
+        exchange::print(&figure);
+    }
     report::print_goals(&results, memory.as_ref());
     Ok(())
 }

@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod device;
+pub mod exchange;
 pub mod fixtures;
 
 use std::collections::BTreeMap;
