@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::fixtures::Admin;
-use common::{Server, WARD, ward};
+use common::{Server, WARD, totp_code, ward};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -582,13 +582,6 @@ fn add_user(server: &Server, name: &str) -> String {
         .find_map(|line| line.strip_prefix("TOTP secret: "))
         .expect("the TOTP secret is printed")
         .to_owned()
-}
-
-/// Returns the current TOTP code of `secret`.
-fn totp_code(secret: &str) -> String {
-    use ward_auth::totp::{self, TotpSecret};
-    let secret = TotpSecret::from_base32(secret).expect("a valid secret");
-    totp::code_at(&secret, time::OffsetDateTime::now_utc()).expect("a code")
 }
 
 /// A browser without redirects that keeps the server's cookies.

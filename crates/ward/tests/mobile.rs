@@ -12,13 +12,12 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::fixtures::files_under;
-use common::{Server, WARD};
+use common::{Server, WARD, totp_code, ward};
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -305,36 +304,6 @@ fn mobile_removed_patient_purged() {
 const PASSWORD: &str = "violet-otter-harbor-42";
 const CLINICIAN: &str = "wosler";
 
-/// Runs `ward ARGS --data DIR [--database URL]` on the server's data and
-/// returns its standard output.
-fn ward(server: &Server, args: &[&str], stdin: Option<&str>) -> String {
-    let data = server.data_dir().to_str().expect("UTF-8 path").to_owned();
-    let mut command = Command::new(WARD);
-    command
-        .args(args)
-        .args(["--data", &data])
-        .env_remove("WARD_DATABASE")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(database) = server.database() {
-        command.args(["--database", database.url().as_str()]);
-    }
-    let mut child = command.spawn().expect("run ward");
-    if let Some(text) = stdin {
-        let mut input = child.stdin.take().expect("stdin");
-        input.write_all(text.as_bytes()).expect("write stdin");
-    }
-    drop(child.stdin.take());
-    let output = child.wait_with_output().expect("wait for ward");
-    assert!(
-        output.status.success(),
-        "ward {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8 output")
-}
-
 /// Adds the physician `CLINICIAN` as `Practitioner/dr` and returns the
 /// TOTP secret `ward user add` prints.
 fn add_clinician(server: &Server) -> String {
@@ -359,12 +328,6 @@ fn add_clinician(server: &Server) -> String {
         .expect("ward user add prints the TOTP secret")
         .trim()
         .to_owned()
-}
-
-/// Computes the current TOTP code of `secret`.
-fn totp_code(secret: &str) -> String {
-    let secret = TotpSecret::from_base32(secret).expect("valid TOTP secret");
-    totp::code_at(&secret, time::OffsetDateTime::now_utc()).expect("TOTP code")
 }
 
 /// Creates a one-time enrollment code for `CLINICIAN` with

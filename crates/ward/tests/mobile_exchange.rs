@@ -6,12 +6,10 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, WARD};
+use common::{Server, ward};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use ward_auth::totp::{self, TotpSecret};
@@ -22,36 +20,6 @@ const PIN: &str = "482915";
 const PASSWORD: &str = "violet-otter-harbor-42";
 const CLINICIAN: &str = "wosler";
 const MRN: &str = "MRN-MX-20931";
-
-/// Runs `ward ARGS --data DIR [--database URL]` on the store of `server`
-/// and returns its standard output.
-fn ward(server: &Server, args: &[&str], stdin: Option<&str>) -> String {
-    let data = server.data_dir().to_str().expect("UTF-8 path").to_owned();
-    let mut command = Command::new(WARD);
-    command
-        .args(args)
-        .args(["--data", &data])
-        .env_remove("WARD_DATABASE")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(database) = server.database() {
-        command.args(["--database", database.url().as_str()]);
-    }
-    let mut child = command.spawn().expect("run ward");
-    if let Some(text) = stdin {
-        let mut input = child.stdin.take().expect("stdin");
-        input.write_all(text.as_bytes()).expect("write stdin");
-    }
-    drop(child.stdin.take());
-    let output = child.wait_with_output().expect("wait for ward");
-    assert!(
-        output.status.success(),
-        "ward {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8 output")
-}
 
 /// Exports the trust entry of `server` to a file beside its data directory.
 fn export(server: &Server) -> (PathBuf, TrustEntry) {

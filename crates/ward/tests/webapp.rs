@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,9 +17,8 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
-use ward_auth::totp::{self, TotpSecret};
 
-use common::{Server, WARD, header};
+use common::{Server, header, totp_code, ward};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -118,34 +116,6 @@ async fn browser(driver: &Driver) -> Client {
         .expect("open a Chromium session through chromedriver")
 }
 
-fn ward(server: &Server, args: &[&str], stdin: Option<&str>) -> String {
-    let data = server.data_dir().to_str().expect("UTF-8 path").to_owned();
-    let mut command = Command::new(WARD);
-    command
-        .args(args)
-        .args(["--data", &data])
-        .env_remove("WARD_DATABASE")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(database) = server.database() {
-        command.args(["--database", database.url().as_str()]);
-    }
-    let mut child = command.spawn().expect("run ward");
-    if let Some(text) = stdin {
-        let mut input = child.stdin.take().expect("stdin");
-        input.write_all(text.as_bytes()).expect("write stdin");
-    }
-    drop(child.stdin.take());
-    let output = child.wait_with_output().expect("wait for ward");
-    assert!(
-        output.status.success(),
-        "ward {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8 output")
-}
-
 /// Adds the physician `CLINICIAN` as `Practitioner/dr` and returns the TOTP
 /// secret `ward user add` prints.
 fn add_clinician(server: &Server) -> String {
@@ -170,11 +140,6 @@ fn add_clinician(server: &Server) -> String {
         .expect("ward user add prints the TOTP secret")
         .trim()
         .to_owned()
-}
-
-fn totp_code(secret: &str) -> String {
-    let secret = TotpSecret::from_base32(secret).expect("valid TOTP secret");
-    totp::code_at(&secret, time::OffsetDateTime::now_utc()).expect("TOTP code")
 }
 
 async fn create(server: &Server, token: &str, resource: Value) -> String {

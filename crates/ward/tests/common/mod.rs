@@ -415,6 +415,14 @@ pub fn ward(server: &Server, args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8(output.stdout).expect("UTF-8 output")
 }
 
+/// Computes the current TOTP code of the base32 `secret` that
+/// `ward user add` prints.
+pub fn totp_code(secret: &str) -> String {
+    use ward_auth::totp::{self, TotpSecret};
+    let secret = TotpSecret::from_base32(secret).expect("a valid TOTP secret");
+    totp::code_at(&secret, time::OffsetDateTime::now_utc()).expect("a TOTP code")
+}
+
 /// A header value as text, or "" when it is missing.
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
     headers
