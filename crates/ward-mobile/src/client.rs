@@ -555,7 +555,7 @@ impl Client {
             .store
             .put_json(kind::SYNC, CHECKIN_KEY, None, &now())?;
         if answer.status == "revoked" {
-            tracing::warn!(target: "ward_mobile", wipe = answer.wipe, "the server reports this device revoked");
+            tracing::warn!(target: "ward_mobile", wipe = answer.wipe, "the server reported this device as revoked");
         } else if self.renewal_due(answer.certificate_not_after.as_deref()) {
             self.renew_in(session, transport)?;
         }

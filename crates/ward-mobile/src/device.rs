@@ -79,7 +79,7 @@ pub struct Compliance {
     pub failures: Vec<ComplianceFailure>,
 }
 
-/// The answer to an enrollment.
+/// The server's response to an enrollment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Enrollment {
     /// The device id the server assigned.
@@ -90,7 +90,7 @@ pub struct Enrollment {
     pub compliance: Compliance,
 }
 
-/// The answer to a check-in.
+/// The server's response to a check-in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkin {
     /// `active` or `revoked`.
@@ -174,7 +174,7 @@ pub(crate) fn identity_pem(
     Ok(pem)
 }
 
-/// Sends the enrollment; returns the answer and the certificate PEM.
+/// Sends the enrollment and returns the response and the certificate PEM.
 pub(crate) fn enroll(
     transport: &Transport,
     code: &str,

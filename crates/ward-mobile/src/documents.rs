@@ -25,12 +25,12 @@ pub const DRAFT_SYSTEM: &str = "urn:ward:mobile:draft";
 /// Longest accepted note text, in bytes.
 const MAX_NOTE_BYTES: usize = 64 * 1024;
 
-/// Where a draft stands.
+/// The state of a draft.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DraftState {
     /// Waiting for the next sync.
     Queued,
-    /// The server holds a newer version (HTTP 412); kept for the user.
+    /// The server has a newer version (HTTP 412), so the draft is kept for the user.
     Conflict,
     /// The server rejected the resource (HTTP 400, 403 or 422); kept for
     /// the user.
@@ -48,7 +48,7 @@ pub struct DraftInfo {
     pub resource_type: String,
     /// The id of the amended resource, for amendments.
     pub target_id: Option<String>,
-    /// Where the draft stands.
+    /// The state of the draft.
     pub state: DraftState,
     /// The server's reason for a conflict or rejection.
     pub message: Option<String>,

@@ -5,10 +5,10 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MobileError {
-    /// The client directory holds no device keys yet.
+    /// The client directory contains no device keys yet.
     #[error("this device is not enrolled; run enroll with an enrollment code first")]
     NotEnrolled,
-    /// The directory already holds device keys.
+    /// The directory already contains device keys.
     #[error("this device is already enrolled; wipe it before enrolling again")]
     AlreadyEnrolled,
     /// The keys are locked (never unlocked, locked by the user, or locked
@@ -46,7 +46,7 @@ pub enum MobileError {
         /// The server's error text.
         detail: String,
     },
-    /// The server answered with an unexpected status.
+    /// The server responded with an unexpected status.
     #[error("{operation} failed with HTTP {status}: {detail}")]
     Server {
         /// What was being done.

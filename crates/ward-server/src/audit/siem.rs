@@ -7,7 +7,7 @@
 //! [`CURSOR_NAMESPACE`], one key per destination), delivers each batch in
 //! order and moves the cursor only after the destination accepted the
 //! batch: after the TLS stream was flushed, after the file was synced
-//! to disk, or after the HTTPS collector answered 2xx. A destination that is down is retried with exponential backoff
+//! to disk, or after the HTTPS collector responded with 2xx. A destination that is down is retried with exponential backoff
 //! and no record is skipped, so every record arrives at least once. A batch
 //! that was delivered but whose cursor was not yet saved (a crash, a kill)
 //! is delivered again after a restart.
@@ -134,7 +134,7 @@ pub enum Destination {
         path: PathBuf,
     },
     /// JSON Lines POSTed in batches to an HTTPS endpoint
-    /// (`Content-Type: application/x-ndjson`); a 2xx answer acknowledges
+    /// (`Content-Type: application/x-ndjson`). A 2xx response acknowledges
     /// the whole batch.
     Https {
         /// The endpoint, an `https://` URL.
@@ -504,7 +504,7 @@ fn json_lines(rows: &[StoredAudit]) -> String {
     text
 }
 
-/// POSTs one JSON line per row; only a 2xx answer counts as delivered.
+/// POSTs one JSON line per row. Only a 2xx response counts as delivered.
 async fn post_jsonl(request: reqwest::RequestBuilder, rows: &[StoredAudit]) -> Result<(), String> {
     let response = request
         .header(http::header::CONTENT_TYPE, "application/x-ndjson")
@@ -516,7 +516,7 @@ async fn post_jsonl(request: reqwest::RequestBuilder, rows: &[StoredAudit]) -> R
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("the SIEM endpoint answered {status}"))
+        Err(format!("the SIEM endpoint responded with {status}"))
     }
 }
 

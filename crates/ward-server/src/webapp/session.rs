@@ -21,10 +21,10 @@ pub const NS_APP_SESSION: &str = "webapp.session";
 /// How long a sign-in may take from the redirect to the callback, in
 /// seconds.
 pub const PENDING_TTL_SECS: i64 = 600;
-/// The most patient handles one session keeps; the oldest go first.
+/// The maximum number of patient handles one session keeps; the oldest go first.
 const MAX_HANDLES: usize = 200;
 
-/// Where a session stands.
+/// The stage a session is in.
 #[derive(Serialize, Deserialize)]
 pub enum Stage {
     /// Sent to the authorization server, waiting for the code.
