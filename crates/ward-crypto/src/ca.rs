@@ -1,6 +1,6 @@
 //! The organization's certificate authority: a self-signed ECDSA P-256 root
-//! that issues the server's TLS certificate and client certificates for
-//! enrolled devices.
+//! that issues the server's TLS certificate, client certificates for
+//! enrolled devices and the organization's own exchange client certificate.
 //!
 //! The CA certificate is public and stored as PEM. Its private key is stored
 //! only sealed under the master key ([`CertificateAuthority::sealed_key`]).
@@ -25,6 +25,13 @@ use crate::keyring::{MasterKey, SealedSecret};
 
 /// Validity of the CA certificate: ten years.
 const CA_VALIDITY: Duration = Duration::days(3652);
+
+/// Validity of the organization's exchange client certificate.
+pub const ORG_CLIENT_VALIDITY: Duration = Duration::days(90);
+
+/// The URI SAN prefix that names an organization in its exchange client
+/// certificate.
+pub const ORG_URI_PREFIX: &str = "urn:ward:org:";
 
 /// Validity of server certificates. The CA/Browser Forum Baseline
 /// Requirements cap TLS server certificates at 398 days and some clients
@@ -70,6 +77,19 @@ pub struct IssuedCertificate {
     pub key_pem: Zeroizing<String>,
     /// The leaf followed by the CA certificate, PEM, as TLS servers send it.
     pub chain_pem: String,
+    /// The end of the leaf's validity.
+    pub not_after: OffsetDateTime,
+}
+
+/// What [`CertificateAuthority::inspect_issued`] reads from a leaf this CA
+/// issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IssuedInfo {
+    /// The end of the leaf's validity.
+    pub not_after: OffsetDateTime,
+    /// The leaf's URI subject alternative names.
+    pub uris: Vec<String>,
 }
 
 /// A device certificate issued from a CSR.
@@ -280,6 +300,73 @@ impl CertificateAuthority {
             cert_pem,
             key_pem: crate::pem::encode_zeroizing("PRIVATE KEY", leaf_key.0.serialized_der()),
             chain_pem,
+            not_after: params.not_after,
+        })
+    }
+
+    /// Issues the organization's exchange client certificate with a new
+    /// P-256 key: subject `CN=<org_id>`, the URI SAN `urn:ward:org:<org_id>`,
+    /// extended key usage clientAuth, valid for 90 days or until the CA
+    /// expires. Other organizations that trust this CA authenticate the
+    /// organization's deliveries with it (mutual TLS).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidCertificateRequest`] for an org id that is empty,
+    /// longer than 64 characters or not ASCII without controls, or an
+    /// expired CA.
+    pub fn issue_org_client_certificate(&self, org_id: &str) -> Result<IssuedCertificate> {
+        validate_name("organization id", org_id)?;
+        let uri = format!("{ORG_URI_PREFIX}{org_id}")
+            .try_into()
+            .map_err(|_| Error::InvalidCertificateRequest {
+                reason: format!("organization id {org_id:?} must be ASCII"),
+            })?;
+        let mut params = self.leaf_params(org_id, ORG_CLIENT_VALIDITY)?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+
+        let leaf_key = ZeroizingKeyPair(KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?);
+        let cert = params.signed_by(&leaf_key.0, &self.issuer()?)?;
+        let cert_pem = cert.pem();
+        let chain_pem = format!("{cert_pem}{}", self.cert_pem);
+        Ok(IssuedCertificate {
+            cert_pem,
+            key_pem: crate::pem::encode_zeroizing("PRIVATE KEY", leaf_key.0.serialized_der()),
+            chain_pem,
+            not_after: params.not_after,
+        })
+    }
+
+    /// Reads a PEM leaf certificate and checks that this CA signed it.
+    /// Returns its validity end and URI SANs, or `None` for PEM that does not
+    /// parse or a certificate another CA (or an earlier CA) signed.
+    pub fn inspect_issued(&self, cert_pem: &str) -> Option<IssuedInfo> {
+        use x509_parser::prelude::GeneralName;
+
+        let der = parse_certificate_pem(cert_pem).ok()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+        let (_, ca) = x509_parser::parse_x509_certificate(&self.cert_der).ok()?;
+        cert.verify_signature(Some(ca.public_key())).ok()?;
+        let uris = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|name| match name {
+                        GeneralName::URI(uri) => Some((*uri).to_owned()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(IssuedInfo {
+            not_after: cert.validity().not_after.to_datetime(),
+            uris,
         })
     }
 
@@ -660,6 +747,32 @@ mod tests {
         for bad in ["", "   ", "line\nbreak", &"a".repeat(65)] {
             assert!(validate_name("x", bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn org_client_certificate_names_the_org() {
+        let ca = CertificateAuthority::create("Clinic A").unwrap();
+        let issued = ca.issue_org_client_certificate("org-123").unwrap();
+        let info = ca
+            .inspect_issued(&issued.cert_pem)
+            .expect("issued by this CA");
+        assert_eq!(info.uris, vec!["urn:ward:org:org-123".to_owned()]);
+        assert_eq!(info.not_after, issued.not_after);
+        let left = issued.not_after - OffsetDateTime::now_utc();
+        assert!(
+            left > Duration::days(89) && left <= ORG_CLIENT_VALIDITY,
+            "{left}"
+        );
+        let der = parse_certificate_pem(&issued.cert_pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth);
+        assert!(issued.key_pem.contains("PRIVATE KEY"));
+
+        let other = CertificateAuthority::create("Clinic B").unwrap();
+        assert_eq!(other.inspect_issued(&issued.cert_pem), None);
+        assert!(ca.issue_org_client_certificate("").is_err());
+        assert!(ca.issue_org_client_certificate("bad\nid").is_err());
     }
 
     #[test]

@@ -37,6 +37,20 @@ pub enum DeviceError {
     /// The device is revoked, so the action is not allowed.
     #[error("device {0} is revoked; enroll it again with a new code")]
     Revoked(String),
+    /// The device was revoked before. A revocation is final and keeps its
+    /// first reason and time.
+    #[error(
+        "device {id} was already revoked at {revoked_at} ({reason}); a revocation is final and \
+         keeps its first reason, so nothing was changed"
+    )]
+    AlreadyRevoked {
+        /// The device id.
+        id: String,
+        /// The first revocation's time, RFC 3339.
+        revoked_at: String,
+        /// The first revocation's reason.
+        reason: &'static str,
+    },
     /// The posture policy file is invalid.
     #[error("device policy: {0}")]
     Policy(String),

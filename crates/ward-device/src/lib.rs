@@ -33,7 +33,8 @@ pub use id::{DEVICE_URI_PREFIX, DeviceId};
 pub use policy::{Compliance, PosturePolicy, RuleFailure};
 pub use posture::{Posture, Version};
 pub use registry::{
-    CertificateInfo, Device, DeviceRecord, DeviceStatus, DeviceSummary, RevokeReason,
+    BROWSER_OS, CertificateInfo, Device, DeviceKind, DeviceRecord, DeviceStatus, DeviceSummary,
+    RevokeReason,
 };
 pub use report::{LostDeviceReport, PatientAccess, ReportBuilder};
 

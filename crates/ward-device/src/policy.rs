@@ -47,6 +47,14 @@ pub struct Compliance {
 }
 
 impl Compliance {
+    /// The compliance of a device the posture rules do not apply to.
+    pub fn exempt() -> Self {
+        Self {
+            compliant: true,
+            failures: Vec::new(),
+        }
+    }
+
     /// Returns the failures as `rule: message` joined by `; `.
     pub fn summary(&self) -> String {
         self.failures

@@ -72,9 +72,18 @@ impl Version {
     /// A message naming the value when it is empty, longer than 64 bytes,
     /// or not dot-separated numbers.
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        let shown: String = text.chars().take(MAX_FIELD_LEN).collect();
+        // Only printable ASCII: a suffix is shown to administrators, so no
+        // control or bidirectional characters may hide in it.
+        let shown: String = text
+            .chars()
+            .take(MAX_FIELD_LEN)
+            .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+            .collect();
         let invalid = || format!("'{shown}' is not a dotted version such as 17.4.1");
-        if text.is_empty() || text.len() > MAX_FIELD_LEN {
+        if text.is_empty()
+            || text.len() > MAX_FIELD_LEN
+            || !text.bytes().all(|b| b.is_ascii_graphic())
+        {
             return Err(invalid());
         }
         let core = text.split(['-', '+']).next().unwrap_or_default();
@@ -145,6 +154,11 @@ mod tests {
             assert!(Version::parse(bad).is_err(), "{bad}");
         }
         assert!(Version::parse(&"1.".repeat(40)).is_err());
+        for hidden in ["17.4-\u{202E}ateb", "17.4+a\u{2066}b", "17.4-a\u{0007}"] {
+            let error = Version::parse(hidden).unwrap_err();
+            assert!(error.contains("not a dotted version"), "{error}");
+            assert!(!error.contains('\u{202E}'), "{error}");
+        }
     }
 
     fn posture() -> Posture {

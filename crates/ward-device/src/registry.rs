@@ -83,6 +83,34 @@ impl RevokeReason {
     }
 }
 
+/// The operating system name reserved for browsers enrolled through the
+/// web app. A phone may not report it, so no phone can pass for a browser.
+pub const BROWSER_OS: &str = "browser";
+
+/// The kind of a device, recorded by the server at enrollment and never
+/// taken from what a device reports at check-in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// A phone or tablet with a certificate from the organization's CA,
+    /// subject to the posture policy.
+    #[default]
+    Phone,
+    /// A browser bound to a non-extractable WebCrypto key through the web
+    /// app. It has no posture to report, so the posture rules do not apply.
+    Browser,
+}
+
+impl DeviceKind {
+    /// Returns the kind's code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Phone => "phone",
+            Self::Browser => "browser",
+        }
+    }
+}
+
 /// The device certificate currently issued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertificateInfo {
@@ -119,6 +147,10 @@ pub struct DeviceRecord {
     pub last_posture: Option<Posture>,
     /// The compliance computed at the last check-in.
     pub compliance: Compliance,
+    /// The kind of device enrolled. Records written before the field
+    /// existed are phones.
+    #[serde(default)]
+    pub kind: DeviceKind,
 }
 
 /// An administrator's revocation of a device.
@@ -201,6 +233,8 @@ pub struct DeviceSummary {
     pub user_id: String,
     /// The device name.
     pub name: String,
+    /// The kind of device enrolled: `phone` or `browser`.
+    pub kind: DeviceKind,
     /// `active` or `revoked`.
     pub status: DeviceStatus,
     /// The revocation reason.
@@ -255,7 +289,12 @@ impl Device {
     }
 
     /// Checks the last posture and check-in age under `policy` at `now`.
+    /// A browser device ([`DeviceKind::Browser`], decided at enrollment)
+    /// has no posture and is always compliant; revocation still applies.
     pub fn compliance(&self, policy: &PosturePolicy, now: OffsetDateTime) -> Compliance {
+        if self.record.kind == DeviceKind::Browser {
+            return Compliance::exempt();
+        }
         policy.evaluate(
             self.record.last_posture.as_ref(),
             self.record.last_checkin,
@@ -272,6 +311,7 @@ impl Device {
             user: record.username.clone(),
             user_id: record.user_id.clone(),
             name: record.name.clone(),
+            kind: record.kind,
             status: self.status(),
             reason: revocation.and_then(|r| r.reason),
             revoked_at: revocation.map(|r| r.revoked_at),
@@ -287,17 +327,42 @@ impl Device {
     }
 }
 
-/// Checks a device name: 1 to 64 characters, no control characters.
+/// Returns whether `c` may not appear in text shown to people: control
+/// characters and the invisible bidirectional and formatting characters
+/// that can make a name display as something else (Unicode TR36,
+/// CVE-2021-42574).
+pub fn is_hidden_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{061C}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        )
+}
+
+/// Checks a device name: 1 to 64 characters, no control, bidirectional
+/// or other invisible formatting characters.
 ///
 /// # Errors
 ///
-/// [`DeviceError::Invalid`] naming the limit.
+/// [`DeviceError::Invalid`] naming the field and the limit.
 pub fn check_name(name: &str) -> Result<()> {
     let length = name.chars().count();
-    if name.trim().is_empty() || length > MAX_NAME_LEN || name.chars().any(char::is_control) {
+    if name.trim().is_empty() || length > MAX_NAME_LEN {
         return Err(DeviceError::Invalid(format!(
-            "the device name must be 1 to {MAX_NAME_LEN} characters without control characters"
+            "name: the device name must be 1 to {MAX_NAME_LEN} characters"
         )));
+    }
+    if name.chars().any(is_hidden_char) {
+        return Err(DeviceError::Invalid(
+            "name: the device name must not contain control, bidirectional or other invisible \
+             formatting characters; type the name again"
+                .to_owned(),
+        ));
     }
     Ok(())
 }
@@ -316,20 +381,45 @@ pub struct Enrollment<'a> {
     pub certificate: CertificateInfo,
 }
 
-/// Stores a newly enrolled device; its posture counts as a first check-in.
+/// Stores a newly enrolled phone or tablet; its posture counts as a first
+/// check-in.
 ///
 /// # Errors
 ///
-/// An invalid name or posture, or a store failure.
+/// An invalid name or posture (the `browser` operating system included),
+/// or a store failure.
 pub fn enroll(
     store: &dyn Store,
     enrollment: Enrollment<'_>,
     policy: &PosturePolicy,
     now: OffsetDateTime,
 ) -> Result<Device> {
+    enroll_as(store, enrollment, DeviceKind::Phone, policy, now)
+}
+
+/// Stores a newly enrolled device of `kind`. A phone's posture counts as a
+/// first check-in and may not name the `browser` operating system; a
+/// browser is exempt from the posture rules.
+///
+/// # Errors
+///
+/// An invalid name or posture, or a store failure.
+pub fn enroll_as(
+    store: &dyn Store,
+    enrollment: Enrollment<'_>,
+    kind: DeviceKind,
+    policy: &PosturePolicy,
+    now: OffsetDateTime,
+) -> Result<Device> {
     check_name(enrollment.name)?;
     enrollment.posture.validate()?;
-    let compliance = policy.evaluate(Some(&enrollment.posture), Some(now), now);
+    if kind == DeviceKind::Phone {
+        reject_browser_os(&enrollment.posture)?;
+    }
+    let compliance = match kind {
+        DeviceKind::Phone => policy.evaluate(Some(&enrollment.posture), Some(now), now),
+        DeviceKind::Browser => Compliance::exempt(),
+    };
     let record = DeviceRecord {
         id: enrollment.id,
         user_id: enrollment.code.user_id.clone(),
@@ -340,6 +430,7 @@ pub fn enroll(
         last_checkin: Some(now),
         last_posture: Some(enrollment.posture),
         compliance,
+        kind,
     };
     if store.kv_get(NS_DEVICE, record.id.as_str())?.is_some() {
         return Err(DeviceError::Invalid(format!(
@@ -413,7 +504,13 @@ pub fn checkin(
     now: OffsetDateTime,
 ) -> Result<(Device, bool)> {
     posture.validate()?;
+    reject_browser_os(&posture)?;
     let mut device = require(store, id)?;
+    if device.record.kind == DeviceKind::Browser {
+        return Err(DeviceError::Invalid(format!(
+            "device {id} is a browser and has no posture to report; only phones check in"
+        )));
+    }
     let before = device.compliance(policy, now).compliant;
     let compliance = policy.evaluate(Some(&posture), Some(now), now);
     let changed = before != compliance.compliant || device.record.compliance != compliance;
@@ -422,6 +519,18 @@ pub fn checkin(
     device.record.compliance = compliance;
     write_json(store, NS_DEVICE, id.as_str(), &device.record, None)?;
     Ok((device, changed))
+}
+
+/// Rejects a phone's posture that names the operating system reserved for
+/// browsers, which would otherwise read as a browser device.
+fn reject_browser_os(posture: &Posture) -> Result<()> {
+    if posture.os == BROWSER_OS {
+        return Err(DeviceError::InvalidPosture(format!(
+            "os {BROWSER_OS:?} is reserved for browsers enrolled in the web app; report the \
+             phone's operating system, such as ios or android"
+        )));
+    }
+    Ok(())
 }
 
 /// Replaces the certificate of an active device.
@@ -439,12 +548,14 @@ pub fn renew(store: &dyn Store, id: &DeviceId, certificate: CertificateInfo) -> 
     Ok(device)
 }
 
-/// Revokes a device and requests its wipe. Revoking a revoked device
-/// updates the reason and keeps the first revocation time.
+/// Revokes a device and requests its wipe. A revocation is final: the
+/// first one is stored with a compare-and-set, so of several concurrent
+/// revokes exactly one wins, and a later revoke or wipe changes nothing.
 ///
 /// # Errors
 ///
-/// An unknown device or a store failure.
+/// [`DeviceError::AlreadyRevoked`] when the device was revoked before (its
+/// first reason and time stay), an unknown device or a store failure.
 pub fn revoke(
     store: &dyn Store,
     id: &DeviceId,
@@ -453,22 +564,41 @@ pub fn revoke(
     now: OffsetDateTime,
 ) -> Result<Device> {
     let mut device = require(store, id)?;
-    let revocation = match device.revocation.take() {
-        Some(mut existing) => {
-            existing.reason = reason.or(existing.reason);
-            existing.wipe_requested_at.get_or_insert(now);
-            existing
-        }
-        None => Revocation {
-            revoked_at: now,
-            reason,
-            revoked_by: by.to_owned(),
-            wipe_requested_at: Some(now),
-        },
+    if let Some(existing) = &device.revocation {
+        return Err(already_revoked(id, existing));
+    }
+    let revocation = Revocation {
+        revoked_at: now,
+        reason,
+        revoked_by: by.to_owned(),
+        wipe_requested_at: Some(now),
     };
-    write_json(store, NS_REVOCATION, id.as_str(), &revocation, None)?;
+    let mut bytes =
+        serde_json::to_vec(&revocation).map_err(|_| DeviceError::Corrupt(NS_REVOCATION))?;
+    let inserted = store.kv_insert_new(NS_REVOCATION, id.as_str(), &bytes, None);
+    zeroize::Zeroize::zeroize(&mut bytes);
+    if !inserted? {
+        // Another revoke stored its record between the read and the insert.
+        let winner = read_json::<Revocation>(store, NS_REVOCATION, id.as_str())?
+            .ok_or(DeviceError::Corrupt(NS_REVOCATION))?;
+        return Err(already_revoked(id, &winner));
+    }
     device.revocation = Some(revocation);
     Ok(device)
+}
+
+/// Builds the error of a second revoke, naming the first revocation.
+fn already_revoked(id: &DeviceId, revocation: &Revocation) -> DeviceError {
+    DeviceError::AlreadyRevoked {
+        id: id.to_string(),
+        revoked_at: revocation
+            .revoked_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| "an unknown time".to_owned()),
+        reason: revocation
+            .reason
+            .map_or("wipe requested", RevokeReason::as_str),
+    }
 }
 
 /// Records the device's confirmation that it wiped itself at `now`, the
@@ -601,6 +731,54 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn phone_reporting_browser_os_is_refused_and_stays_a_phone() {
+        let (_dir, store) = temp_store();
+        let now = OffsetDateTime::now_utc();
+        let policy = PosturePolicy::default();
+        let device = enrolled(&*store, now);
+        let mut disguised = posture();
+        disguised.os = BROWSER_OS.into();
+        disguised.screen_lock = false;
+        let error = checkin(&*store, device.id(), disguised, &policy, now).unwrap_err();
+        assert!(matches!(error, DeviceError::InvalidPosture(_)), "{error}");
+        let stored = require(&*store, device.id()).unwrap();
+        assert_eq!(stored.record.kind, DeviceKind::Phone);
+        assert_eq!(stored.record.last_posture.unwrap().os, "android");
+    }
+
+    #[test]
+    fn browser_kind_is_exempt_from_posture_rules_but_not_revocation() {
+        let (_dir, store) = temp_store();
+        let now = OffsetDateTime::now_utc();
+        let policy = PosturePolicy::default();
+        let new = create_code(&*store, "u1", "alice", "admin", DEFAULT_CODE_TTL, now).unwrap();
+        let code = redeem_code(&*store, &new.code, now).unwrap();
+        let mut browser_posture = posture();
+        browser_posture.os = BROWSER_OS.into();
+        browser_posture.screen_lock = false;
+        let enrollment = Enrollment {
+            id: DeviceId::generate(),
+            code: &code,
+            name: "Web browser",
+            posture: browser_posture,
+            certificate: CertificateInfo {
+                serial: "none".into(),
+                thumbprint: "jkt".into(),
+                not_after: now + Duration::days(30),
+            },
+        };
+        let device = enroll_as(&*store, enrollment, DeviceKind::Browser, &policy, now).unwrap();
+        let later = now + Duration::days(60);
+        assert!(device.compliance(&policy, later).compliant);
+        let refused = checkin(&*store, device.id(), posture(), &policy, now);
+        assert!(refused.is_err());
+        revoke(&*store, device.id(), None, "admin", now).unwrap();
+        let loaded = require(&*store, device.id()).unwrap();
+        assert_eq!(loaded.record.kind, DeviceKind::Browser);
+        assert_eq!(loaded.status(), DeviceStatus::Revoked);
+    }
+
+    #[test]
     fn checkin_survives_concurrent_revocation() {
         let (_dir, store) = temp_store();
         let now = OffsetDateTime::now_utc();
@@ -682,23 +860,72 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn second_revocation_keeps_first_time() {
+    fn second_revocation_keeps_first_reason_and_time() {
         let (_dir, store) = temp_store();
         let now = OffsetDateTime::now_utc();
         let device = enrolled(&*store, now);
-        revoke(&*store, device.id(), None, "admin", now).unwrap();
-        let later = now + Duration::hours(1);
-        let again = revoke(
+        revoke(
             &*store,
             device.id(),
-            Some(RevokeReason::Lost),
+            Some(RevokeReason::Stolen),
             "admin",
-            later,
+            now,
         )
         .unwrap();
-        let revocation = again.revocation.unwrap();
+        let later = now + Duration::hours(1);
+        for reason in [Some(RevokeReason::Retired), None] {
+            let error = revoke(&*store, device.id(), reason, "other", later).unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    DeviceError::AlreadyRevoked {
+                        reason: "stolen",
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+            assert!(error.to_string().contains("already revoked"), "{error}");
+        }
+        let revocation = require(&*store, device.id()).unwrap().revocation.unwrap();
         assert_eq!(revocation.revoked_at, now);
-        assert_eq!(revocation.reason, Some(RevokeReason::Lost));
+        assert_eq!(revocation.reason, Some(RevokeReason::Stolen));
+        assert_eq!(revocation.revoked_by, "admin");
+    }
+
+    #[test]
+    fn concurrent_revocations_have_one_winner() {
+        let (_dir, store) = temp_store();
+        let now = OffsetDateTime::now_utc();
+        let device = enrolled(&*store, now);
+        let id = device.id().clone();
+        let results: Vec<Result<Device>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = RevokeReason::ALL
+                .iter()
+                .cycle()
+                .take(8)
+                .map(|reason| {
+                    let (store, id) = (&store, &id);
+                    scope.spawn(move || revoke(&**store, id, Some(*reason), "admin", now))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let winners: Vec<&Device> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(winners.len(), 1, "exactly one revoke wins");
+        for result in &results {
+            if let Err(error) = result {
+                assert!(
+                    matches!(error, DeviceError::AlreadyRevoked { .. }),
+                    "{error}"
+                );
+            }
+        }
+        let stored = require(&*store, &id).unwrap().revocation.unwrap();
+        assert_eq!(
+            stored.reason,
+            winners[0].revocation.as_ref().unwrap().reason
+        );
     }
 
     #[test]
@@ -722,8 +949,19 @@ pub(crate) mod tests {
     #[test]
     fn names_and_reasons_are_checked() {
         assert!(check_name("Alice's iPhone").is_ok());
-        for bad in ["", "  ", "a\nb", &"x".repeat(65)] {
-            assert!(check_name(bad).is_err(), "{bad:?}");
+        for bad in [
+            "",
+            "  ",
+            "a\nb",
+            &"x".repeat(65),
+            "Dana's \u{202E}enohp",
+            "a\u{2066}b\u{2069}",
+            "a\u{200F}b",
+            "a\u{200E}",
+            "zero\u{200B}width",
+        ] {
+            let error = check_name(bad).unwrap_err().to_string();
+            assert!(error.starts_with("name:"), "{bad:?}: {error}");
         }
         assert_eq!(RevokeReason::parse("lost").unwrap(), RevokeReason::Lost);
         let error = RevokeReason::parse("misplaced").unwrap_err().to_string();

@@ -3,9 +3,16 @@
 //! A256GCM). The receiver decrypts, checks the sender against the trust
 //! bundle, verifies the signature, the recipient, the clock window and
 //! replays, and returns a signed acknowledgement.
+//!
+//! A message is filed exactly once. [`record`] writes the record of a
+//! received message id ([`NS_SEEN`]) with its acknowledgement inside the
+//! store transaction that files the message, so the filing and the record
+//! commit together or not at all. A receiver that stops before the commit
+//! leaves nothing behind, and the sender's next attempt files the message
+//! afresh.
 
 use serde_json::{Value, json};
-use ward_store::Store;
+use ward_store::{Store, WriteTx};
 
 use crate::error::{Error, Rejection};
 use crate::identity::OrgIdentity;
@@ -189,19 +196,21 @@ pub fn is_message_id(id: &str) -> bool {
 /// What the replay check found for an opened message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seen {
-    /// First delivery: the caller files it, then calls [`finish`].
+    /// No acknowledged delivery of this message id: the caller files it and
+    /// calls [`record`] in the filing transaction.
     New,
     /// A fresh delivery attempt of a message already filed: answer with the
     /// stored acknowledgement and file nothing.
     Filed(String),
-    /// Another delivery of this message is being filed right now.
-    InProgress,
 }
 
 /// The stored state of a received message id.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SeenRecord {
     signatures: Vec<String>,
+    /// The acknowledgement, always set by [`record`]. Earlier versions stored
+    /// a claim without one before filing, and such a claim counts as not
+    /// received.
     ack: Option<String>,
 }
 
@@ -209,76 +218,99 @@ fn seen_key(opened: &Opened) -> String {
     format!("{}.{}", opened.sender.org_id, opened.message_id)
 }
 
-/// Claims `opened` for filing. An envelope whose signature was already seen
-/// is a replay, and a newly signed attempt of a known message id is a retry
-/// by the sender, which gets the stored acknowledgement.
+fn decode(bytes: &[u8]) -> Result<SeenRecord, Error> {
+    serde_json::from_slice(bytes).map_err(|_| Error::Corrupt(NS_SEEN))
+}
+
+fn encode(record: &SeenRecord) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(record).map_err(|_| Error::Corrupt(NS_SEEN))
+}
+
+/// Checks `opened` against the messages already received. An envelope whose
+/// signature was already seen is a replay. A newly signed attempt of a
+/// message id that was acknowledged is a retry by the sender, which gets the
+/// stored acknowledgement. Its signature is stored too, so a replay of that
+/// envelope is rejected.
 ///
-/// NOTE: the claim and the filing transaction commit separately. A receiver
-/// that stops between them leaves the claim without an acknowledgement, so
-/// later attempts get 503 until the sender gives up.
+/// A new message id is only read here, so two deliveries of one new message
+/// may both get [`Seen::New`]. Then [`record`] lets only the first filing
+/// transaction commit.
 ///
 /// # Errors
 ///
 /// [`ReceiveError::Rejected`] with [`Rejection::Replayed`], or a store
 /// failure.
-pub fn claim(store: &dyn Store, opened: &Opened, now: i64) -> Result<Seen, ReceiveError> {
+pub fn check(store: &dyn Store, opened: &Opened, now: i64) -> Result<Seen, ReceiveError> {
     let key = seen_key(opened);
-    let record = SeenRecord {
-        signatures: vec![opened.signature_digest.clone()],
-        ack: None,
-    };
-    let bytes = serde_json::to_vec(&record).map_err(|_| Error::Corrupt(NS_SEEN))?;
-    let expires = (now + SEEN_RETENTION_SECS) * 1_000_000;
-    if store
-        .kv_insert_new(NS_SEEN, &key, &bytes, Some(expires))
-        .map_err(Error::from)?
-    {
+    let Some(bytes) = store.kv_get(NS_SEEN, &key).map_err(Error::from)? else {
         return Ok(Seen::New);
-    }
-    let Some(existing) = store.kv_get(NS_SEEN, &key).map_err(Error::from)? else {
-        return Ok(Seen::InProgress);
     };
-    let mut existing: SeenRecord =
-        serde_json::from_slice(&existing).map_err(|_| Error::Corrupt(NS_SEEN))?;
+    let existing = decode(&bytes)?;
     if existing.signatures.contains(&opened.signature_digest) {
         return Err(Rejection::Replayed(opened.message_id.clone()).into());
     }
-    let Some(ack) = existing.ack.clone() else {
-        return Ok(Seen::InProgress);
+    if existing.ack.is_none() {
+        return Ok(Seen::New);
+    }
+    // Remember this envelope's signature under the record's lock, so a
+    // concurrent retry does not drop it.
+    let mut tx = store.begin().map_err(Error::from)?;
+    let Some(bytes) = tx.kv_get(NS_SEEN, &key).map_err(Error::from)? else {
+        return Ok(Seen::New);
     };
-    existing.signatures.push(opened.signature_digest.clone());
-    let bytes = serde_json::to_vec(&existing).map_err(|_| Error::Corrupt(NS_SEEN))?;
-    store
-        .kv_put(NS_SEEN, &key, &bytes, Some(expires))
-        .map_err(Error::from)?;
+    let mut existing = decode(&bytes)?;
+    let Some(ack) = existing.ack.clone() else {
+        return Ok(Seen::New);
+    };
+    if !existing.signatures.contains(&opened.signature_digest) {
+        existing.signatures.push(opened.signature_digest.clone());
+        let expires = (now + SEEN_RETENTION_SECS) * 1_000_000;
+        tx.kv_put(NS_SEEN, &key, &encode(&existing)?, Some(expires))
+            .map_err(Error::from)?;
+        tx.commit().map_err(Error::from)?;
+    }
     Ok(Seen::Filed(ack))
 }
 
-/// Records the acknowledgement of a filed message, so retries get it.
+/// Records, in the transaction `tx` that files `opened`, that the message
+/// was received and acknowledged with `ack`. Returns false when another
+/// delivery of the message id was recorded first. The caller then rolls
+/// back `tx` and responds with the result of [`check`].
+///
+/// A claim without an acknowledgement left by an earlier version of this
+/// function is taken over.
+///
+/// NOTE: such a claim may belong to a receiver that stopped after its
+/// filing committed but before the acknowledgement was stored, and taking
+/// it over files that message a second time. New receivers leave no such
+/// claims; the record expires after [`SEEN_RETENTION_SECS`].
 ///
 /// # Errors
 ///
 /// A store failure.
-pub fn finish(store: &dyn Store, opened: &Opened, ack: &str, now: i64) -> Result<(), Error> {
-    let record = SeenRecord {
+pub fn record(tx: &mut dyn WriteTx, opened: &Opened, ack: &str, now: i64) -> Result<bool, Error> {
+    let key = seen_key(opened);
+    let expires = (now + SEEN_RETENTION_SECS) * 1_000_000;
+    let mut record = SeenRecord {
         signatures: vec![opened.signature_digest.clone()],
         ack: Some(ack.to_owned()),
     };
-    let bytes = serde_json::to_vec(&record).map_err(|_| Error::Corrupt(NS_SEEN))?;
-    let expires = (now + SEEN_RETENTION_SECS) * 1_000_000;
-    store.kv_put(NS_SEEN, &seen_key(opened), &bytes, Some(expires))?;
-    Ok(())
-}
-
-/// Releases the claim of a message that could not be filed, so that the
-/// sender's next attempt is processed.
-///
-/// # Errors
-///
-/// A store failure.
-pub fn release(store: &dyn Store, opened: &Opened) -> Result<(), Error> {
-    store.kv_delete(NS_SEEN, &seen_key(opened))?;
-    Ok(())
+    match tx.kv_get(NS_SEEN, &key)? {
+        None => Ok(tx.kv_insert_new(NS_SEEN, &key, &encode(&record)?, Some(expires))?),
+        Some(bytes) => {
+            let existing = decode(&bytes)?;
+            if existing.ack.is_some() {
+                return Ok(false);
+            }
+            for signature in existing.signatures {
+                if !record.signatures.contains(&signature) {
+                    record.signatures.push(signature);
+                }
+            }
+            tx.kv_put(NS_SEEN, &key, &encode(&record)?, Some(expires))?;
+            Ok(true)
+        }
+    }
 }
 
 /// Signs the acknowledgement of message `message_id` from `sender`:
@@ -490,15 +522,13 @@ mod tests {
         let trusted = entry(&sender);
         let first = seal(&sender, &entry(&receiver), "m-1", &bundle(), NOW).unwrap();
         let opened = open_with(&receiver, &[&trusted], &first, NOW).unwrap();
-        assert_eq!(claim(&store, &opened, NOW).unwrap(), Seen::New);
-        assert_eq!(
-            claim(&store, &opened, NOW).unwrap_err().to_string(),
-            "message m-1 was already received"
-        );
+        assert_eq!(check(&store, &opened, NOW).unwrap(), Seen::New);
 
         let ack = sign_ack(&receiver, &sender.id, "m-1", &bundle(), NOW).unwrap();
-        finish(&store, &opened, &ack, NOW).unwrap();
-        let replay = claim(&store, &opened, NOW);
+        let mut tx = store.begin().unwrap();
+        assert!(record(tx.as_mut(), &opened, &ack, NOW).unwrap());
+        tx.commit().unwrap();
+        let replay = check(&store, &opened, NOW);
         assert!(matches!(
             replay,
             Err(ReceiveError::Rejected(Rejection::Replayed(_)))
@@ -506,7 +536,16 @@ mod tests {
 
         let retry = seal(&sender, &entry(&receiver), "m-1", &bundle(), NOW + 1).unwrap();
         let reopened = open_with(&receiver, &[&trusted], &retry, NOW + 1).unwrap();
-        assert_eq!(claim(&store, &reopened, NOW).unwrap(), Seen::Filed(ack));
+        assert_eq!(
+            check(&store, &reopened, NOW).unwrap(),
+            Seen::Filed(ack.clone())
+        );
+        assert_eq!(
+            check(&store, &reopened, NOW).unwrap_err().to_string(),
+            "message m-1 was already received"
+        );
+        let mut tx = store.begin().unwrap();
+        assert!(!record(tx.as_mut(), &reopened, &ack, NOW).unwrap());
     }
 
     #[test]

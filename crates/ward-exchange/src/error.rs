@@ -43,6 +43,12 @@ pub enum Error {
     /// An organization is not in the trust bundle.
     #[error("organization {0} is not trusted; add it with `ward org trust FILE`")]
     NotTrusted(String),
+    /// The trust entry of a recipient is past its `not_after` (seconds
+    /// since the Unix epoch).
+    #[error(
+        "the trust entry of organization {0} expired at {1} (seconds since the Unix epoch); trust a new export with `ward org trust FILE`"
+    )]
+    ExpiredRecipient(String, i64),
 }
 
 /// The reason an incoming message or acknowledgement was rejected.
@@ -77,6 +83,15 @@ pub enum Rejection {
     /// A message with this id from this sender was already accepted.
     #[error("message {0} was already received")]
     Replayed(String),
+    /// The connection presented no organization client certificate.
+    #[error(
+        "the connection presented no organization client certificate; deliver over mutual TLS with the certificate `ward org export` reports"
+    )]
+    NoClientCertificate,
+    /// The connection's client certificate does not authenticate the
+    /// sender the message names.
+    #[error("the client certificate does not authenticate sender {0}: {1}")]
+    ClientCertificateMismatch(String, &'static str),
 }
 
 impl Rejection {
@@ -92,6 +107,8 @@ impl Rejection {
             Self::Stale => "stale",
             Self::Expired => "expired",
             Self::Replayed(_) => "replayed",
+            Self::NoClientCertificate => "no_client_certificate",
+            Self::ClientCertificateMismatch(..) => "client_certificate_mismatch",
         }
     }
 }

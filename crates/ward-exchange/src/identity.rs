@@ -4,6 +4,12 @@
 //! Files: `exchange-org.json` (id and name, public), and the private keys
 //! sealed under the master key, `exchange-signing.key.sealed` and
 //! `exchange-encryption.key.sealed`.
+//!
+//! The organization also has a TLS client certificate from its own CA
+//! ([`OrgClientCert`]), which it presents when it delivers messages so the
+//! receiver can authenticate the connection (mutual TLS):
+//! `exchange-client.pem` (public, for the operator) and
+//! `exchange-client.sealed` (certificate and private key, sealed).
 
 use std::fs;
 use std::io::Write as _;
@@ -15,7 +21,7 @@ use aws_lc_rs::digest;
 use aws_lc_rs::encoding::{AsBigEndian as _, EcPrivateKeyBin};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use ward_crypto::{MasterKey, SealedSecret, SigningKey};
+use ward_crypto::{CertificateAuthority, MasterKey, SealedSecret, SigningKey};
 use zeroize::Zeroizing;
 
 use crate::error::Error;
@@ -31,6 +37,15 @@ pub const ENCRYPTION_KEY_FILE: &str = "exchange-encryption.key.sealed";
 
 /// Label that binds the sealed encryption key to its purpose.
 const ENCRYPTION_KEY_LABEL: &str = "ward-exchange-encryption-key";
+/// The exchange client certificate, PEM (public; the server reads the
+/// sealed copy).
+pub const CLIENT_CERT_FILE: &str = "exchange-client.pem";
+/// The exchange client certificate and its private key, PEM, sealed.
+pub const CLIENT_IDENTITY_FILE: &str = "exchange-client.sealed";
+/// Label that binds the sealed client identity to its purpose.
+const CLIENT_IDENTITY_LABEL: &str = "ward-exchange-client-identity";
+/// A client certificate with less than this left (seconds) is renewed.
+pub const CLIENT_RENEW_BEFORE_SECS: i64 = 30 * 24 * 3600;
 
 /// The public part of the identity file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,6 +207,134 @@ pub fn reseal_encryption_key(
     master.reseal_secret(ENCRYPTION_KEY_LABEL, sealed)
 }
 
+/// Reseals the client identity file under the active master key, for a
+/// master-key rotation.
+///
+/// # Errors
+///
+/// As [`MasterKey::reseal_secret`].
+pub fn reseal_client_identity(
+    sealed: &SealedSecret,
+    master: &MasterKey,
+) -> ward_crypto::Result<SealedSecret> {
+    master.reseal_secret(CLIENT_IDENTITY_LABEL, sealed)
+}
+
+/// The organization's exchange TLS client certificate: issued by its own
+/// CA with the URI SAN `urn:ward:org:ORG_ID` and extended key usage
+/// clientAuth. Organizations that trust this one verify it against the
+/// `ca_pem` of its trust entry.
+pub struct OrgClientCert {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The end of its validity, in seconds since the Unix epoch.
+    pub not_after: i64,
+    /// The certificate followed by its PKCS#8 private key, PEM.
+    identity_pem: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for OrgClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrgClientCert")
+            .field("not_after", &self.not_after)
+            .field("key", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
+impl OrgClientCert {
+    /// Loads the client certificate of `org_id` from the data directory
+    /// `dir`, or issues one from `ca` when there is none, when it names
+    /// another organization or another CA issued it, or when less than 30
+    /// days of its validity are left (at `now`, seconds since the Unix
+    /// epoch). A new certificate replaces the files through a temporary file
+    /// and a rename. Returns the certificate and whether it was issued now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if a file cannot be read or written, [`Error::Sealed`]
+    /// if the sealed file does not open under `master` or sealing fails, and
+    /// [`Error::InvalidKey`] if the CA cannot issue the certificate.
+    pub fn open_or_issue(
+        dir: &Path,
+        master: &MasterKey,
+        ca: &CertificateAuthority,
+        org_id: &str,
+        now: i64,
+    ) -> Result<(Self, bool), Error> {
+        let path = dir.join(CLIENT_IDENTITY_FILE);
+        if path.exists() {
+            let sealed = read_sealed(&path)?;
+            let pem = master
+                .open_secret(CLIENT_IDENTITY_LABEL, &sealed)
+                .map_err(sealed_err(&path))?;
+            let pem = Zeroizing::new(String::from_utf8_lossy(&pem).into_owned());
+            if let Some(current) = Self::from_identity_pem(ca, org_id, pem)
+                && current.not_after - now > CLIENT_RENEW_BEFORE_SECS
+            {
+                return Ok((current, false));
+            }
+        }
+        let issued = ca.issue_org_client_certificate(org_id).map_err(|_| {
+            Error::InvalidKey("the CA could not issue the exchange client certificate")
+        })?;
+        let identity_pem = Zeroizing::new(format!("{}{}", issued.cert_pem, *issued.key_pem));
+        let sealed = master
+            .seal_secret(CLIENT_IDENTITY_LABEL, identity_pem.as_bytes())
+            .map_err(sealed_err(&path))?;
+        write_replace(dir, CLIENT_IDENTITY_FILE, sealed.as_str().as_bytes(), 0o600)?;
+        write_replace(dir, CLIENT_CERT_FILE, issued.cert_pem.as_bytes(), 0o644)?;
+        Ok((
+            Self {
+                cert_pem: issued.cert_pem,
+                not_after: issued.not_after.unix_timestamp(),
+                identity_pem,
+            },
+            true,
+        ))
+    }
+
+    /// Splits the sealed PEM, keeping it only when `ca` issued the
+    /// certificate for `org_id`.
+    fn from_identity_pem(
+        ca: &CertificateAuthority,
+        org_id: &str,
+        identity_pem: Zeroizing<String>,
+    ) -> Option<Self> {
+        const END: &str = "-----END CERTIFICATE-----";
+        let end = identity_pem.find(END)? + END.len();
+        let cert_pem = format!("{}\n", identity_pem.get(..end)?.trim());
+        let info = ca.inspect_issued(&cert_pem)?;
+        let expected = format!("{}{org_id}", ward_crypto::ca::ORG_URI_PREFIX);
+        if !info.uris.contains(&expected) || !identity_pem.contains("PRIVATE KEY") {
+            return None;
+        }
+        Some(Self {
+            cert_pem,
+            not_after: info.not_after.unix_timestamp(),
+            identity_pem,
+        })
+    }
+
+    /// Returns the certificate followed by its private key, PEM, as TLS
+    /// clients load an identity. It is wiped on drop.
+    pub fn identity_pem(&self) -> &Zeroizing<String> {
+        &self.identity_pem
+    }
+}
+
+/// Replaces `dir/name` with `contents` through a temporary file and a
+/// rename, so a crash leaves the old or the new file.
+fn write_replace(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<(), Error> {
+    let path = dir.join(name);
+    let temporary = dir.join(format!("{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    write_new(&temporary, contents, mode)?;
+    fs::rename(&temporary, &path).map_err(|source| {
+        let _ = fs::remove_file(&temporary);
+        Error::Io { path, source }
+    })
+}
+
 /// Computes the RFC 7638 thumbprint of a P-256 public JWK.
 pub fn thumbprint(jwk: &Value) -> String {
     let member = |name: &str| jwk.get(name).and_then(Value::as_str).unwrap_or_default();
@@ -277,6 +420,54 @@ mod tests {
         assert!(matches!(result, Err(Error::Sealed { .. })));
         let text = fs::read_to_string(dir.path().join(ENCRYPTION_KEY_FILE)).unwrap();
         assert!(!text.contains("BEGIN"));
+    }
+
+    #[test]
+    fn client_certificate_is_issued_once_and_renewed_near_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::generate().unwrap();
+        let ca = CertificateAuthority::create("Clinic A").unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let (first, issued) =
+            OrgClientCert::open_or_issue(dir.path(), &master, &ca, "org-a", now).unwrap();
+        assert!(issued);
+        assert!(first.identity_pem().contains("PRIVATE KEY"));
+        assert!(first.identity_pem().starts_with(&first.cert_pem));
+        let (again, issued) =
+            OrgClientCert::open_or_issue(dir.path(), &master, &ca, "org-a", now).unwrap();
+        assert!(!issued);
+        assert_eq!(again.cert_pem, first.cert_pem);
+        let public = fs::read_to_string(dir.path().join(CLIENT_CERT_FILE)).unwrap();
+        assert_eq!(public, first.cert_pem);
+        let sealed = fs::read_to_string(dir.path().join(CLIENT_IDENTITY_FILE)).unwrap();
+        assert!(!sealed.contains("PRIVATE KEY"));
+
+        // Within 30 days of the end, it is renewed.
+        let late = first.not_after - CLIENT_RENEW_BEFORE_SECS + 1;
+        let (renewed, issued) =
+            OrgClientCert::open_or_issue(dir.path(), &master, &ca, "org-a", late).unwrap();
+        assert!(issued);
+        assert_ne!(renewed.cert_pem, first.cert_pem);
+        // Another organization id or another CA gets a new certificate.
+        let (_, issued) =
+            OrgClientCert::open_or_issue(dir.path(), &master, &ca, "org-b", now).unwrap();
+        assert!(issued);
+        let other_ca = CertificateAuthority::create("Clinic A").unwrap();
+        let (_, issued) =
+            OrgClientCert::open_or_issue(dir.path(), &master, &other_ca, "org-b", now).unwrap();
+        assert!(issued);
+        let leftovers = fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|entry| {
+                entry
+                    .as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".tmp")
+            })
+            .count();
+        assert_eq!(leftovers, 0);
     }
 
     #[test]

@@ -149,6 +149,30 @@ impl TrustEntry {
         Ok(())
     }
 
+    /// Returns the names of the fields that decide where messages go and
+    /// whom they are trusted from (`endpoint`, `role`, `signing_jwk`,
+    /// `encryption_jwk`, `ca_pem`) and that differ between `self` and
+    /// `other`. Keys compare by their RFC 7638 thumbprints.
+    pub fn material_changes(&self, other: &Self) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.endpoint != other.endpoint {
+            changed.push("endpoint");
+        }
+        if self.role != other.role {
+            changed.push("role");
+        }
+        if thumbprint(&self.signing_jwk) != thumbprint(&other.signing_jwk) {
+            changed.push("signing_jwk");
+        }
+        if thumbprint(&self.encryption_jwk) != thumbprint(&other.encryption_jwk) {
+            changed.push("encryption_jwk");
+        }
+        if self.ca_pem.trim() != other.ca_pem.trim() {
+            changed.push("ca_pem");
+        }
+        changed
+    }
+
     /// Returns the kid of the signing key.
     pub fn signing_kid(&self) -> &str {
         self.signing_jwk
@@ -266,5 +290,24 @@ pub(crate) mod tests {
         bad_id.org_id = "a/b".to_owned();
         bad_id.fingerprint = bad_id.compute_fingerprint();
         assert!(bad_id.check(None).is_err());
+    }
+
+    #[test]
+    fn material_changes_name_fields() {
+        let (_dir, clinic) = identity("Clinic A");
+        let entry = TrustEntry::for_identity(&clinic, "https://a.test/x", CA_PEM, 9);
+        let mut renewed = entry.clone();
+        renewed.not_after = 99;
+        renewed.name = "Clinic A renamed".to_owned();
+        assert!(entry.material_changes(&renewed).is_empty());
+        let mut moved = entry.clone();
+        moved.endpoint = "https://evil.test/x".to_owned();
+        assert_eq!(entry.material_changes(&moved), ["endpoint"]);
+        let (_other_dir, other) = identity("Clinic B");
+        let rekeyed = TrustEntry::for_identity(&other, "https://a.test/x", CA_PEM, 9);
+        assert_eq!(
+            entry.material_changes(&rekeyed),
+            ["signing_jwk", "encryption_jwk"]
+        );
     }
 }

@@ -32,9 +32,19 @@ pub fn patient_params(resource_type: &str) -> Option<&'static [String]> {
     params().get(resource_type).map(Vec::as_slice)
 }
 
+/// True when access to a resource of this type depends on the patient it
+/// belongs to: the Patient compartment's types, and `Binary`, which names
+/// its patient in `securityContext` (a photo stored for a patient's
+/// DocumentReference, for example).
+pub fn patient_linked(resource_type: &str) -> bool {
+    resource_type == "Binary" || patient_params(resource_type).is_some()
+}
+
 /// Returns the ids of the patients whose compartment holds the resource,
 /// given its extracted index entries: a Patient is in its own compartment,
-/// other types through the references the CompartmentDefinition names.
+/// other types through the references the CompartmentDefinition names. A
+/// Binary belongs to the patient its `securityContext` references, since
+/// R4 makes that element the proxy for a Binary's access control.
 pub fn patients_of(resource: &Value, entries: &[IndexEntry]) -> Vec<String> {
     let resource_type = resource
         .get("resourceType")
@@ -45,6 +55,17 @@ pub fn patients_of(resource: &Value, entries: &[IndexEntry]) -> Vec<String> {
         && let Some(id) = resource.get("id").and_then(Value::as_str)
     {
         patients.push(id.to_owned());
+    }
+    if resource_type == "Binary" {
+        if let Some(id) = resource
+            .pointer("/securityContext/reference")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix("Patient/"))
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+        {
+            patients.push(id.to_owned());
+        }
+        return patients;
     }
     let Some(linking) = patient_params(resource_type) else {
         return patients;
@@ -73,6 +94,27 @@ mod tests {
 
     use super::*;
     use crate::search::index_resource;
+
+    #[test]
+    fn binary_belongs_to_its_security_context_patient() {
+        let binary = json!({
+            "resourceType": "Binary",
+            "contentType": "image/png",
+            "securityContext": {"reference": "Patient/p7"},
+        });
+        let entries = index_resource(&binary);
+        assert_eq!(patients_of(&binary, &entries), vec!["p7".to_owned()]);
+        assert!(patient_linked("Binary"));
+        let loose = json!({"resourceType": "Binary", "contentType": "image/png"});
+        assert!(patients_of(&loose, &index_resource(&loose)).is_empty());
+        let other = json!({
+            "resourceType": "Binary",
+            "contentType": "image/png",
+            "securityContext": {"reference": "Patient/p7/_history/2"},
+        });
+        assert!(patients_of(&other, &index_resource(&other)).is_empty());
+        assert!(!patient_linked("Organization"));
+    }
 
     #[test]
     fn observation_belongs_to_subject() {

@@ -646,6 +646,22 @@ impl Validator {
             );
             return;
         }
+        // R4 `string` (`[ \r\n\t\S]+`) allows tab, carriage return and line
+        // feed as the only characters below U+0020. The byte-mode regexes let
+        // other control characters through as `\S`, so they are checked here.
+        if let Some(control) = text
+            .chars()
+            .find(|&c| c < ' ' && !matches!(c, '\t' | '\r' | '\n'))
+        {
+            self.report(
+                IssueType::Value,
+                format!(
+                    "the {} value contains the control character U+{:04X}; FHIR strings allow only tab, carriage return and line feed below U+0020, so remove it",
+                    primitive.name, u32::from(control)
+                ),
+            );
+            return;
+        }
         if text.len() > MAX_STRING_BYTES && primitive.name != "base64Binary" {
             self.report(
                 IssueType::Value,

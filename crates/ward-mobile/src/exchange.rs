@@ -18,13 +18,15 @@ pub struct MessageStatus {
     pub id: String,
     /// The recipient organization id.
     pub recipient: String,
-    /// `queued`, `delivered` or `failed`, or a later state the server
-    /// reports (such as `dispensed`).
+    /// `queued` (not transmitted yet), `sent` (transmitted, no valid
+    /// acknowledgement yet), `delivered`, `dispensed` or `failed`.
     pub status: String,
     /// Delivery attempts so far.
     pub attempts: u64,
-    /// The HTTP status of the recipient's last response, when any.
-    pub response_code: Option<u16>,
+    /// The response code of the recipient's acknowledgement
+    /// (`MessageHeader.response.code`: `ok`, `transient-error` or
+    /// `fatal-error`), once one arrived.
+    pub response_code: Option<String>,
     /// The last delivery error, when any.
     pub last_error: Option<String>,
 }
@@ -111,9 +113,7 @@ fn status_of(json: &Value) -> Option<MessageStatus> {
         recipient: json["recipient"].as_str().unwrap_or_default().to_owned(),
         status: json["status"].as_str()?.to_owned(),
         attempts: json["attempts"].as_u64().unwrap_or(0),
-        response_code: json["responseCode"]
-            .as_u64()
-            .and_then(|code| u16::try_from(code).ok()),
+        response_code: json["responseCode"].as_str().map(str::to_owned),
         last_error: json["lastError"].as_str().map(str::to_owned),
     })
 }
@@ -136,12 +136,12 @@ mod tests {
     fn status_document_parsed() {
         let status = status_of(&json!({
             "id": "m1", "recipient": "org-b", "status": "delivered",
-            "attempts": 2, "responseCode": 200, "lastError": null,
+            "attempts": 2, "responseCode": "ok", "lastError": null,
         }))
         .expect("a status");
         assert_eq!(status.status, "delivered");
         assert_eq!(status.attempts, 2);
-        assert_eq!(status.response_code, Some(200));
+        assert_eq!(status.response_code.as_deref(), Some("ok"));
         assert_eq!(status.last_error, None);
         assert!(status_of(&json!({ "status": "queued" })).is_none());
     }

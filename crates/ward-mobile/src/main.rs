@@ -437,6 +437,20 @@ fn print_message_status(status: &MessageStatus) {
         "message {} to {}: {} after {} attempts",
         status.id, status.recipient, status.status, status.attempts
     );
+    let meaning = match status.status.as_str() {
+        "queued" => "not transmitted yet; the server retries",
+        "sent" => "transmitted, but the recipient has not confirmed receipt; the server retries",
+        "delivered" => "the recipient filed it",
+        "dispensed" => "the pharmacy reported it dispensed",
+        "failed" => "the server gave up; send it again or call the recipient",
+        _ => "",
+    };
+    if !meaning.is_empty() {
+        println!("status {}: {meaning}", status.status);
+    }
+    if let Some(code) = &status.response_code {
+        println!("acknowledgement: {code}");
+    }
     if let Some(error) = &status.last_error {
         println!("last error: {error}");
     }

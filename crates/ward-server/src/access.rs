@@ -321,12 +321,13 @@ impl Caller<'_> {
         let entries: Vec<IndexEntry> = index_resource(resource);
         let patients = ward_fhir::compartment::patients_of(resource, &entries);
         if patients.is_empty()
-            && ward_fhir::compartment::patient_params(resource_type).is_some()
+            && ward_fhir::compartment::patient_linked(resource_type)
             && self.needs_patient()
         {
-            // A patient-compartment type that names no patient is outside
-            // every patient's record, so callers limited to patients may
-            // not touch it.
+            // A patient-compartment type (or a Binary without a patient
+            // `securityContext`) that names no patient is outside every
+            // patient's record, so callers limited to patients may not
+            // touch it.
             return Err(DenyReason::OutsidePatientContext);
         }
         let decisions: Vec<Decision> = if patients.is_empty() {

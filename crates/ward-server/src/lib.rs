@@ -150,11 +150,23 @@ async fn metrics_page(
     response
 }
 
-async fn not_found() -> Response {
+/// Returns whether `uri` is under the web app, whose errors are HTML pages.
+fn in_web_app(uri: &http::Uri) -> bool {
+    let path = uri.path();
+    path == "/app" || path.starts_with("/app/")
+}
+
+async fn not_found(uri: http::Uri) -> Response {
+    if in_web_app(&uri) {
+        return webapp::unknown_page();
+    }
     FhirError::not_found("no such endpoint; the FHIR API is under /fhir").into_response()
 }
 
-async fn method_not_allowed() -> Response {
+async fn method_not_allowed(uri: http::Uri) -> Response {
+    if in_web_app(&uri) {
+        return webapp::wrong_method_page();
+    }
     FhirError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         ward_fhir::IssueType::NotSupported,

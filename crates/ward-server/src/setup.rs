@@ -112,6 +112,10 @@ const SEALED_FILES: &[(&str, Reseal)] = &[
         ward_exchange::identity::ENCRYPTION_KEY_FILE,
         ward_exchange::identity::reseal_encryption_key,
     ),
+    (
+        ward_exchange::identity::CLIENT_IDENTITY_FILE,
+        ward_exchange::identity::reseal_client_identity,
+    ),
 ];
 
 /// A data directory.

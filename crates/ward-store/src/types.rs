@@ -287,6 +287,28 @@ pub trait WriteTx {
         if_match: Option<u64>,
     ) -> Result<Option<ResourceVersion>>;
 
+    /// Reads a live key-value record in this transaction. On PostgreSQL the
+    /// record stays locked until commit or rollback, so two transactions
+    /// that read, change and write back one record take turns; SQLite runs
+    /// one write transaction at a time anyway.
+    fn kv_get(&mut self, ns: &str, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Stores a key-value record in this transaction, replacing any with the
+    /// same key. `expires` is in microseconds since the Unix epoch.
+    fn kv_put(&mut self, ns: &str, key: &str, value: &[u8], expires: Option<i64>) -> Result<()>;
+
+    /// Stores a key-value record in this transaction only when no live
+    /// record has the key; returns false when one does. A concurrent
+    /// transaction that stored the key first makes this one wait for its
+    /// commit (then false) or rollback (then true).
+    fn kv_insert_new(
+        &mut self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        expires: Option<i64>,
+    ) -> Result<bool>;
+
     /// Appends an audit record to the hash chain and the Merkle tree, in
     /// this transaction: it commits with the changes it describes or not at
     /// all. Returns its sequence number.

@@ -238,6 +238,9 @@ pub struct ServeArgs {
     /// A web sign-in session ends this long after sign-in, however it is used: a number with s, m or h [default: 12h].
     #[arg(long, env = "WARD_SESSION_MAX")]
     pub session_max: Option<String>,
+    /// The web app locks after this long without use until the user's PIN unlocks it: a number with s, m or h [default: 5m].
+    #[arg(long, env = "WARD_APP_LOCK")]
+    pub app_lock: Option<String>,
 }
 
 /// Options of `ward token`.

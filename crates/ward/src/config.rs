@@ -24,6 +24,7 @@ struct FileSettings {
     shutdown_grace: Option<u64>,
     session_idle: Option<String>,
     session_max: Option<String>,
+    app_lock: Option<String>,
     audit_failure: Option<String>,
     audit_checkpoints: Option<PathBuf>,
     alerts: Option<AlertFileSettings>,
@@ -60,6 +61,8 @@ pub struct Settings {
     pub session_idle: i64,
     /// Seconds after sign-in at which a web sign-in session ends.
     pub session_max: i64,
+    /// Seconds without use after which the web app locks.
+    pub app_lock: i64,
     /// What happens to a request whose audit record cannot be written.
     pub audit_failure: AuditFailure,
     /// The checkpoint file named in `ward.toml`, if any.
@@ -124,6 +127,10 @@ pub fn resolve(args: &ServeArgs) -> Result<Settings> {
     if session_idle > session_max {
         bail!("session_idle must not be longer than session_max");
     }
+    let app_lock = match args.app_lock.clone().or(file.app_lock) {
+        Some(text) => parse_session_duration("app_lock", &text)?,
+        None => 5 * 60,
+    };
     let audit_failure = match file.audit_failure.as_deref() {
         None | Some("deny") => AuditFailure::Deny,
         Some("allow") => AuditFailure::Allow,
@@ -143,6 +150,7 @@ pub fn resolve(args: &ServeArgs) -> Result<Settings> {
         shutdown_grace: args.shutdown_grace.or(file.shutdown_grace).unwrap_or(30),
         session_idle,
         session_max,
+        app_lock,
         audit_failure,
         audit_checkpoints: file.audit_checkpoints,
         alerts,

@@ -141,7 +141,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
     for (what, id) in [("referral", &referral), ("e-prescription", &prescription)] {
         let status = network.wait_until(|| {
             let status = phone.message_status(id)?;
-            Ok((status.status != "queued").then_some(status))
+            // `queued` and `sent` messages are still being delivered.
+            Ok((!matches!(status.status.as_str(), "queued" | "sent")).then_some(status))
         })?;
         if status.status != "delivered" {
             bail!(
@@ -339,6 +340,9 @@ impl Network {
                 );
             }
         }
+        println!(
+            "  deliveries use mutual TLS: each organization presents its client certificate (urn:ward:org:ID), checked against the CA in its trust entry"
+        );
         Ok(())
     }
 
@@ -493,7 +497,7 @@ impl Network {
                 .bearer_auth(token.as_str())
                 .send()?
                 .json()?;
-            Ok((reply["status"] != "queued").then_some(reply))
+            Ok((reply["status"] != "queued" && reply["status"] != "sent").then_some(reply))
         })?;
         if outbox["status"] != "delivered" {
             bail!(

@@ -47,7 +47,7 @@ pub enum DeviceCommand {
     /// Revoke a device: its tokens are rejected at once and it wipes itself at its next check-in.
     Revoke(RevokeArgs),
     /// Request a wipe at the device's next check-in; this revokes an active device too.
-    Wipe(DeviceIdArgs),
+    Wipe(WipeArgs),
     /// Print the lost-device report: last posture, check-in and sync, patients fetched, wipe status.
     Report(DeviceIdArgs),
 }
@@ -88,6 +88,17 @@ pub struct RevokeArgs {
     /// Why: lost, stolen, retired or compromised.
     #[arg(long)]
     pub reason: String,
+}
+
+/// Options of `ward device wipe`.
+#[derive(Debug, Args)]
+pub struct WipeArgs {
+    /// The device.
+    #[command(flatten)]
+    pub device: DeviceIdArgs,
+    /// Why, recorded with the revocation: lost, stolen, retired or compromised.
+    #[arg(long)]
+    pub reason: Option<String>,
 }
 
 /// Options of `ward ca`: without a subcommand it prints the CA certificate.
@@ -261,6 +272,7 @@ fn print_device(device: &Device, policy: &PosturePolicy, as_json: bool) -> Resul
     }
     println!("Device:          {}", summary.device_id);
     println!("Name:            {}", summary.name);
+    println!("Kind:            {}", summary.kind.as_str());
     println!("User:            {} ({})", summary.user, summary.user_id);
     println!(
         "Status:          {} (reason: {})",
@@ -304,13 +316,23 @@ fn show(args: &DeviceIdArgs) -> Result<()> {
     print_device(&device, &load_policy(&args.store)?, args.json)
 }
 
-fn change(store: &Arc<dyn Store>, id: &DeviceId, reason: Option<RevokeReason>) -> Result<Device> {
+/// Revokes a device (and requests its wipe) and records the change. A
+/// device revoked before stays as it was: the error names its first
+/// revocation.
+fn change(
+    store: &Arc<dyn Store>,
+    id: &DeviceId,
+    reason: Option<RevokeReason>,
+    wipe: bool,
+) -> Result<Device> {
     let now = OffsetDateTime::now_utc();
     let device = registry::revoke(store.as_ref(), id, reason, "ward-cli", now)?;
-    let (event, reason_text) = match reason {
-        Some(reason) => ("device_revoked", reason.as_str()),
-        None => ("device_wipe_requested", "-"),
+    let event = if wipe {
+        "device_wipe_requested"
+    } else {
+        "device_revoked"
     };
+    let reason_text = reason.map_or("-", RevokeReason::as_str);
     record_change(
         store.as_ref(),
         event,
@@ -325,25 +347,28 @@ fn revoke(args: &RevokeArgs) -> Result<()> {
     let reason = RevokeReason::parse(&args.reason)?;
     let id = parse_id(&args.device.id)?;
     let store = open_store(&args.device.store)?;
-    let device = change(&store, &id, Some(reason))?;
-    if !args.device.json {
-        println!(
-            "Revoked device {id} ({}); it wipes itself at its next check-in.",
-            reason.as_str()
-        );
-    }
+    let device = change(&store, &id, Some(reason), false)?;
     if args.device.json {
-        print_device(&device, &load_policy(&args.device.store)?, true)?;
+        return print_device(&device, &load_policy(&args.device.store)?, true);
     }
+    println!(
+        "Revoked device {id} ({}); it wipes itself at its next check-in.",
+        reason.as_str()
+    );
     Ok(())
 }
 
-fn wipe(args: &DeviceIdArgs) -> Result<()> {
-    let id = parse_id(&args.id)?;
-    let store = open_store(&args.store)?;
-    let device = change(&store, &id, None)?;
-    if args.json {
-        return print_device(&device, &load_policy(&args.store)?, true);
+fn wipe(args: &WipeArgs) -> Result<()> {
+    let reason = args
+        .reason
+        .as_deref()
+        .map(RevokeReason::parse)
+        .transpose()?;
+    let id = parse_id(&args.device.id)?;
+    let store = open_store(&args.device.store)?;
+    let device = change(&store, &id, reason, true)?;
+    if args.device.json {
+        return print_device(&device, &load_policy(&args.device.store)?, true);
     }
     println!(
         "Requested a wipe of device {id}; it is revoked and wipes itself at its next check-in."

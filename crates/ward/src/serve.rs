@@ -17,7 +17,7 @@ use ward_server::exchange::{DeliverySettings, ExchangeService};
 use ward_server::fhir::engine::{Engine, Limits};
 use ward_server::oauth::{OAuthServer, OAuthSettings};
 use ward_server::setup::{DataDir, Keys};
-use ward_server::tls::{CertFiles, client_roots_from_pem, server_config};
+use ward_server::tls::{CertFiles, ClientTrust, server_config_with_verifier};
 use ward_server::{AppState, app};
 use ward_store::Store;
 
@@ -29,6 +29,82 @@ pub(crate) const DEFAULT_ORG_NAME: &str = "Ward organization";
 
 /// The longest lifetime `ward token` grants.
 const MAX_TOKEN_TTL_SECS: i64 = 24 * 3600;
+
+/// How often the CAs of the trusted organizations are reloaded into the
+/// client certificate roots. A certificate from a CA not yet loaded also
+/// triggers a reload, so this bounds how long a removed organization can
+/// still connect.
+const TRUST_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How often the exchange client certificate is checked for renewal.
+const CLIENT_CERT_CHECK_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// Loads the exchange client certificate from the data directory, issuing
+/// it when it is missing or near its end.
+pub(crate) fn exchange_client_cert(
+    settings: &Settings,
+    keys: &Keys,
+    org_id: &str,
+) -> Result<ward_exchange::identity::OrgClientCert> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let (cert, issued) = ward_exchange::identity::OrgClientCert::open_or_issue(
+        &settings.data,
+        &keys.master,
+        &keys.ca,
+        org_id,
+        now,
+    )
+    .context("loading the exchange client certificate")?;
+    if issued {
+        tracing::info!(target: "ward::exchange", org = %org_id, not_after = cert.not_after, "issued the exchange client certificate");
+    }
+    Ok(cert)
+}
+
+/// Checks the exchange client certificate once a day and renews it when
+/// less than 30 days are left. The keys are loaded afresh each time, so a
+/// renewal seals under the current master key.
+fn renew_client_cert_daily(data: std::path::PathBuf, exchange: Arc<ExchangeService>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(CLIENT_CERT_CHECK_INTERVAL).await;
+            let exchange = exchange.clone();
+            let data = data.clone();
+            let renewed = tokio::task::spawn_blocking(move || {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                let due = exchange.client_cert().is_none_or(|cert| {
+                    cert.not_after - now <= ward_exchange::identity::CLIENT_RENEW_BEFORE_SECS
+                });
+                if !due {
+                    return Ok(false);
+                }
+                let (keys, _) = DataDir::new(&data).open_or_init(DEFAULT_ORG_NAME)?;
+                let (cert, _) = ward_exchange::identity::OrgClientCert::open_or_issue(
+                    &data,
+                    &keys.master,
+                    &keys.ca,
+                    &exchange.identity.id,
+                    now,
+                )?;
+                exchange.set_client_cert(cert);
+                Ok::<_, anyhow::Error>(true)
+            })
+            .await;
+            match renewed {
+                Ok(Ok(true)) => {
+                    tracing::info!(target: "ward::exchange", "renewed the exchange client certificate");
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(target: "ward::exchange", error = %error, "renewing the exchange client certificate failed; retrying tomorrow");
+                }
+                Err(error) => {
+                    tracing::warn!(target: "ward::exchange", %error, "renewing the exchange client certificate failed; retrying tomorrow");
+                }
+            }
+        }
+    });
+}
 
 /// Runs the server until SIGTERM or Ctrl-C.
 pub fn run(args: ServeCommand) -> Result<()> {
@@ -270,7 +346,8 @@ async fn serve(
     })?;
     let verifier = Arc::new(verifier(&settings, &keys)?);
     let oauth_settings = OAuthSettings::new(&settings.origin, &settings.fhir_base())
-        .with_session_timeouts(settings.session_idle, settings.session_max);
+        .with_session_timeouts(settings.session_idle, settings.session_max)
+        .with_app_lock(settings.app_lock);
     let oauth = OAuthServer::new(
         oauth_settings,
         engine.store.clone(),
@@ -290,7 +367,10 @@ async fn serve(
             .context("storing the organization role")?;
     }
     tracing::info!(target: "ward::exchange", org = %identity.id, role = %identity.role, "exchange identity loaded");
+    let client_cert = exchange_client_cert(&settings, &keys, &identity.id)?;
     let exchange = ExchangeService::new(identity, delivery_settings(&exchange_args));
+    exchange.set_client_cert(client_cert);
+    renew_client_cert_daily(settings.data.clone(), exchange.clone());
     let state = AppState::new(engine, verifier)
         .with_oauth(Arc::new(oauth))
         .with_devices(devices)
@@ -300,15 +380,20 @@ async fn serve(
         stopped_outbox,
     ));
 
-    // Client certificates (devices) must chain to the organization CA.
-    let client_roots = client_roots_from_pem(keys.ca.to_pem().as_bytes())
-        .context("loading the organization CA as the client certificate root")?;
+    // Client certificates must chain to the organization CA (devices) or
+    // to a trusted organization's CA (exchange deliveries, mutual TLS).
+    let client_trust = ClientTrust::new(
+        keys.ca.to_pem().as_bytes(),
+        Some(ward_server::exchange::peer::partner_roots(store.clone())),
+    )
+    .context("loading the organization CA as the client certificate root")?;
+    client_trust.watch(TRUST_RELOAD_INTERVAL);
     let tls = match &settings.tls {
         Some((cert, key)) => {
             let files = CertFiles {
                 cert: cert.clone(),
                 key: key.clone(),
-                client_roots: Some(client_roots.clone()),
+                client_trust: Some(client_trust.clone()),
             };
             let config = RustlsConfig::from_config(Arc::new(
                 files.load().context("loading --tls-cert and --tls-key")?,
@@ -331,10 +416,10 @@ async fn serve(
             let issued = data
                 .issue_server_certificate(&keys, &names)
                 .context("issuing the server certificate")?;
-            let config = server_config(
+            let config = server_config_with_verifier(
                 issued.chain_pem.as_bytes(),
                 issued.key_pem.as_bytes(),
-                Some(&client_roots),
+                Some(client_trust.verifier()),
             )?;
             RustlsConfig::from_config(Arc::new(config))
         }
@@ -350,7 +435,7 @@ async fn serve(
     let grace = Duration::from_secs(settings.shutdown_grace);
     tokio::spawn(shutdown_on_signal(handle.clone(), grace));
 
-    let server = ward_server::tls::bind(addr, tls)
+    let server = ward_server::tls::bind(addr, tls, Some(client_trust))
         .handle(handle.clone())
         .serve(app(state).into_make_service_with_connect_info::<SocketAddr>());
     let listening = handle.clone();

@@ -230,8 +230,16 @@ fn reset_mfa(args: &UserNameArgs) -> Result<()> {
         &[("username", &args.username)],
     )?;
     println!(
-        "New second factor for {}; removed {} passkey(s).",
-        args.username, enrollment.passkeys_removed
+        "New second factor for {}; removed {} passkey(s), ended {} session(s) and revoked {} refresh token famil{}.",
+        args.username,
+        enrollment.passkeys_removed,
+        enrollment.ended.sessions,
+        enrollment.ended.families,
+        if enrollment.ended.families == 1 {
+            "y"
+        } else {
+            "ies"
+        }
     );
     print_enrollment(&enrollment);
     Ok(())

@@ -460,3 +460,151 @@ async fn cli_revokes_and_imports_a_ca() {
         .unwrap();
     assert_eq!(keys.ca.to_pem().trim(), ca_cert.pem().trim());
 }
+
+/// Enrolls a device for `user` with a code from `admin` and returns its id.
+async fn enroll_named(server: &Server, admin: &str, user: &str, name: &str) -> (StatusCode, Value) {
+    let client = server.client();
+    let origin = server.origin().to_owned();
+    let (status, code) = post(
+        &client,
+        &format!("{origin}/device/enrollment-codes"),
+        Some(admin),
+        &json!({"user": user}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{code}");
+    let key = device_key();
+    post(
+        &client,
+        &format!("{origin}/device/enroll"),
+        None,
+        &json!({"code": code["code"], "csr": key.csr_pem, "name": name, "posture": posture(true)}),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_is_final_and_names_are_plain() {
+    let server = Server::start();
+    add_user(&server, "dave");
+    let admin = server.token("admin");
+    let client = server.client();
+    let origin = server.origin().to_owned();
+
+    // Names that would display as something else are rejected, naming the field.
+    for name in [
+        "Dave's \u{202E}enohp",
+        "a\u{2066}b\u{2069}",
+        "phone\u{200F}",
+        "tab\u{0007}let",
+    ] {
+        let (status, refused) = enroll_named(&server, &admin, "dave", name).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name:?}: {refused}");
+        let text = refused.to_string();
+        assert!(text.contains("name:"), "{name:?}: {text}");
+        assert!(text.contains("bidirectional"), "{name:?}: {text}");
+    }
+
+    // A second revoke keeps the first reason and returns 409.
+    let (status, first) = enroll_named(&server, &admin, "dave", "Dave's phone").await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let id = first["device_id"].as_str().unwrap().to_owned();
+    let admin_url = format!("{origin}/admin/devices/{id}");
+    let (status, revoked) = post(
+        &client,
+        &format!("{admin_url}/revoke"),
+        Some(&admin),
+        &json!({"reason": "stolen"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    let revoked_at = revoked["revoked_at"].clone();
+    let (status, again) = post(
+        &client,
+        &format!("{admin_url}/revoke"),
+        Some(&admin),
+        &json!({"reason": "retired"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+    assert!(again.to_string().contains("already revoked"), "{again}");
+    let (status, wipe) = post(
+        &client,
+        &format!("{admin_url}/wipe"),
+        Some(&admin),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{wipe}");
+    let (_, shown) = get(&client, &admin_url, &admin).await;
+    assert_eq!(shown["reason"], "stolen", "{shown}");
+    assert_eq!(shown["revoked_at"], revoked_at, "{shown}");
+
+    // The CLI rejects it too, naming the first revocation.
+    let data = server.data_dir().to_str().unwrap().to_owned();
+    let mut command = Command::new(WARD);
+    command.args([
+        "device",
+        "revoke",
+        &id,
+        "--reason",
+        "compromised",
+        "--data",
+        &data,
+    ]);
+    if let Some(database) = server.database() {
+        command.args(["--database", database.url().as_str()]);
+    }
+    let output = command.output().expect("run ward device revoke");
+    assert!(!output.status.success(), "a second CLI revoke fails");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("already revoked"), "{stderr}");
+    assert!(stderr.contains("stolen"), "{stderr}");
+    let shown: Value =
+        serde_json::from_str(&ward(&server, &["device", "show", &id, "--json"])).unwrap();
+    assert_eq!(shown["reason"], "stolen");
+
+    // Exactly one of several concurrent revokes wins.
+    let (_, second) = enroll_named(&server, &admin, "dave", "Dave's tablet").await;
+    let second_id = second["device_id"].as_str().unwrap().to_owned();
+    let url = format!("{origin}/admin/devices/{second_id}/revoke");
+    let attempts = ["lost", "stolen", "retired", "compromised", "lost", "stolen"].map(|reason| {
+        let (client, url, admin) = (client.clone(), url.clone(), admin.clone());
+        tokio::spawn(async move {
+            post(&client, &url, Some(&admin), &json!({ "reason": reason }))
+                .await
+                .0
+        })
+    });
+    let mut statuses = Vec::new();
+    for attempt in attempts {
+        statuses.push(attempt.await.expect("join"));
+    }
+    let wins = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let conflicts = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CONFLICT)
+        .count();
+    assert_eq!((wins, conflicts), (1, 5), "{statuses:?}");
+
+    // A wipe of an active device records its reason.
+    let (_, third) = enroll_named(&server, &admin, "dave", "Dave's watch").await;
+    let third_id = third["device_id"].as_str().unwrap().to_owned();
+    let (status, wiped) = post(
+        &client,
+        &format!("{origin}/admin/devices/{third_id}/wipe"),
+        Some(&admin),
+        &json!({"reason": "lost"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{wiped}");
+    assert_eq!(wiped["reason"], "lost");
+    assert!(wiped["wipe_requested_at"].is_string(), "{wiped}");
+
+    // One revocation record per revoked device: the refused attempts wrote none.
+    let events = tokio::task::block_in_place(|| device_events(open_store(&server).as_ref()));
+    let revocations = events.iter().filter(|e| *e == "revoked").count();
+    assert_eq!(revocations, 2, "{events:?}");
+    let wipes = events.iter().filter(|e| *e == "wipe_requested").count();
+    assert_eq!(wipes, 1, "{events:?}");
+}

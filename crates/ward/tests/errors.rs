@@ -460,6 +460,37 @@ async fn invalid_resources_are_422() {
 }
 
 #[tokio::test]
+async fn control_characters_in_strings_are_422() {
+    let server = Server::start();
+    let token = server.token(ALL);
+
+    let mut name = patient();
+    name["name"][0]["family"] = json!("Hopper\u{0}\u{1}\u{2}");
+    assert_unprocessable(&server, &token, name, "Patient.name[0].family").await;
+
+    let request = json!({
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "subject": { "reference": "Patient/p1" },
+        "performerType": { "text": "\u{0}\u{1}\u{2}" },
+    });
+    assert_unprocessable(
+        &server,
+        &token,
+        request,
+        "ServiceRequest.performerType.text",
+    )
+    .await;
+    assert_eq!(version_count(&server, &token).await, 0);
+
+    let mut lines = patient();
+    lines["name"][0]["text"] = json!("Grace\tHopper\r\n");
+    let (status, _, created) = server.post_json("/Patient", &token, &lines).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+}
+
+#[tokio::test]
 async fn unsafe_narrative_is_422() {
     let server = Server::start();
     let token = server.token(ALL);

@@ -6,14 +6,17 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use ward_exchange::{OrgIdentity, envelope, jose};
+use ward_exchange::{envelope, jose};
 
-use common::exchange::{FAST_RETRY, export, trust, trust_both, ward_on};
-use common::{Server, header, send};
+use common::exchange::{
+    FAST_RETRY, audit_log, diagnostics, export, identity_of, queue, trust, trust_both,
+    wait_for_outbox, ward_on,
+};
+use common::{Server, send};
 
 /// Builds a referral: MessageHeader, ServiceRequest, Patient, Practitioner,
 /// Condition, Observation, MedicationRequest and AllergyIntolerance.
@@ -78,65 +81,11 @@ fn referral(mrn: &str) -> Value {
     })
 }
 
-fn clinician_token(server: &Server) -> String {
-    server.token_with(
-        "user/*.cruds",
-        &["--role", "physician", "--fhir-user", "Practitioner/dr-a"],
-    )
-}
-
-/// Queues `bundle` for `recipient` on `sender`; returns the status URL.
-async fn queue(sender: &Server, recipient: &str, bundle: &Value) -> String {
-    let path = format!("/fhir/$send-message?recipient={recipient}");
-    let (status, headers, body) = sender
-        .post_json(&path, &clinician_token(sender), bundle)
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(body["status"], "queued");
-    let location = header(&headers, "content-location").to_owned();
-    assert!(location.contains("/exchange/outbox/"), "{location}");
-    location
-}
-
-async fn outbox_status(sender: &Server, location: &str) -> Value {
-    let (status, _, body) = sender.get(location, &clinician_token(sender)).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
-}
-
-/// Polls the status URL until `done` returns true or `timeout` passes.
-async fn wait_for(
-    sender: &Server,
-    location: &str,
-    timeout: Duration,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let status = outbox_status(sender, location).await;
-        if done(&status) || Instant::now() > deadline {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn search_total(server: &Server, query: &str) -> (u64, Value) {
     let token = server.token("system/*.cruds");
     let (status, _, body) = server.get(query, &token).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     (body["total"].as_u64().unwrap_or(0), body)
-}
-
-/// Prints the audit log of `server` as JSON lines.
-fn audit_log(server: &Server) -> String {
-    let output = ward_on(server, &["audit", "export"], &[]);
-    assert!(
-        output.status.success(),
-        "ward audit export failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[tokio::test]
@@ -152,7 +101,7 @@ async fn referral_is_delivered_filed_and_acknowledged() {
     let (_, b_entry) = trust_both(&a, &b);
 
     let location = queue(&a, &b_entry.org_id, &referral("MRN-100")).await;
-    let status = wait_for(&a, &location, Duration::from_secs(30), |s| {
+    let status = wait_for_outbox(&a, &location, Duration::from_secs(30), |s| {
         s["status"] != "queued"
     })
     .await;
@@ -217,7 +166,7 @@ async fn known_patient_is_matched_not_duplicated() {
     assert_eq!(status, StatusCode::CREATED, "{created}");
 
     let location = queue(&a, &b_entry.org_id, &referral("MRN-200")).await;
-    let status = wait_for(&a, &location, Duration::from_secs(30), |s| {
+    let status = wait_for_outbox(&a, &location, Duration::from_secs(30), |s| {
         s["status"] != "queued"
     })
     .await;
@@ -249,7 +198,7 @@ async fn receiver_down_then_up_delivers_once() {
     let (root, data) = b.stop();
 
     let location = queue(&a, &b_entry.org_id, &referral("MRN-300")).await;
-    let waiting = wait_for(&a, &location, Duration::from_secs(30), |s| {
+    let waiting = wait_for_outbox(&a, &location, Duration::from_secs(30), |s| {
         s["attempts"].as_u64().unwrap_or(0) >= 2
     })
     .await;
@@ -266,7 +215,7 @@ async fn receiver_down_then_up_delivers_once() {
     let b = Server::start_in(root, data, &[], &[]);
     let (b_file, b_entry) = export(&b);
     trust(&a, &b_file, &b_entry.fingerprint);
-    let status = wait_for(&a, &location, Duration::from_secs(30), |s| {
+    let status = wait_for_outbox(&a, &location, Duration::from_secs(30), |s| {
         s["status"] != "queued"
     })
     .await;
@@ -302,7 +251,7 @@ async fn undeliverable_message_fails_with_alert() {
     drop(b);
 
     let location = queue(&a, &b_entry.org_id, &referral("MRN-400")).await;
-    let status = wait_for(&a, &location, Duration::from_secs(30), |s| {
+    let status = wait_for_outbox(&a, &location, Duration::from_secs(30), |s| {
         s["status"] != "queued"
     })
     .await;
@@ -315,28 +264,9 @@ async fn undeliverable_message_fails_with_alert() {
     assert!(log.contains("message_failed"));
 }
 
-/// Loads the exchange identity of a running server from its data directory.
-fn identity_of(server: &Server) -> OrgIdentity {
-    let dir = ward_server::setup::DataDir::new(server.data_dir());
-    let (keys, _) = dir.open_or_init("Ward").expect("open the data directory");
-    OrgIdentity::open_or_init(server.data_dir(), &keys.master, "Ward").expect("load identity")
-}
-
-async fn post_sealed(receiver: &Server, compact: &str) -> (StatusCode, Value) {
-    let builder = receiver
-        .client()
-        .post(receiver.url("/fhir/$process-message"))
-        .header("content-type", "application/jose")
-        .body(compact.to_owned());
-    let (status, _, body) = send(builder).await;
-    (status, body)
-}
-
-fn diagnostics(body: &Value) -> String {
-    body["issue"][0]["diagnostics"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+/// Posts a sealed message to `receiver` over mutual TLS as `sender`.
+async fn post_sealed(sender: &Server, receiver: &Server, compact: &str) -> (StatusCode, Value) {
+    common::exchange::post_sealed_as(sender, receiver, compact).await
 }
 
 #[tokio::test]
@@ -352,14 +282,14 @@ async fn bad_messages_are_rejected_and_audited() {
 
     // A valid message is filed and acknowledged with B's signature.
     let valid = envelope::seal(&sender, &b_entry, "msg-valid", &referral("MRN-500"), now).unwrap();
-    let (status, body) = post_sealed(&b, &valid).await;
+    let (status, body) = post_sealed(&a, &b, &valid).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let ack = body.as_str().expect("the acknowledgement is a JWS");
     let response = envelope::verify_ack(ack, &b_entry, &a_entry.org_id, "msg-valid", now).unwrap();
     assert_eq!(response["entry"][0]["resource"]["response"]["code"], "ok");
 
     // Replayed: the same envelope again.
-    let (status, body) = post_sealed(&b, &valid).await;
+    let (status, body) = post_sealed(&a, &b, &valid).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(diagnostics(&body).contains("already received"), "{body}");
 
@@ -368,14 +298,14 @@ async fn bad_messages_are_rejected_and_audited() {
     let mut ciphertext = jose::unb64(&parts[3]).unwrap();
     ciphertext[0] ^= 1;
     parts[3] = jose::b64(ciphertext);
-    let (status, body) = post_sealed(&b, &parts.join(".")).await;
+    let (status, body) = post_sealed(&a, &b, &parts.join(".")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(diagnostics(&body).contains("did not decrypt"), "{body}");
 
     // Untrusted sender: C is not in B's trust bundle.
     let untrusted =
         envelope::seal(&stranger, &b_entry, "msg-c", &referral("MRN-501"), now).unwrap();
-    let (status, body) = post_sealed(&b, &untrusted).await;
+    let (status, body) = post_sealed(&a, &b, &untrusted).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(
         diagnostics(&body).contains("not in the trust bundle"),
@@ -385,7 +315,7 @@ async fn bad_messages_are_rejected_and_audited() {
     // Wrong receiver: a message for C posted to B does not decrypt, and one
     // encrypted to B's key but addressed to C is refused by name.
     let for_c = envelope::seal(&sender, &c_entry, "msg-for-c", &referral("MRN-502"), now).unwrap();
-    let (status, body) = post_sealed(&b, &for_c).await;
+    let (status, body) = post_sealed(&a, &b, &for_c).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let mut misaddressed_entry = b_entry.clone();
     misaddressed_entry.org_id = c_entry.org_id.clone();
@@ -397,7 +327,7 @@ async fn bad_messages_are_rejected_and_audited() {
         now,
     )
     .unwrap();
-    let (status, body) = post_sealed(&b, &misaddressed).await;
+    let (status, body) = post_sealed(&a, &b, &misaddressed).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(
         diagnostics(&body).contains("not to this organization"),
@@ -439,7 +369,7 @@ async fn invalid_bundle_gets_fatal_error_ack() {
     bundle["entry"][2]["resource"]["birthDate"] = json!("not a date");
 
     let sealed = envelope::seal(&sender, &b_entry, "msg-invalid", &bundle, now).unwrap();
-    let (status, body) = post_sealed(&b, &sealed).await;
+    let (status, body) = post_sealed(&a, &b, &sealed).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let response = envelope::verify_ack(
         body.as_str().unwrap(),

@@ -8,19 +8,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use ward_auth::totp::{self, TotpSecret};
-use ward_exchange::TrustEntry;
 
-use common::{Server, WARD, header, json_body, send};
-
-/// Retry settings that keep the tests short.
-const FAST_RETRY: &[&str] = &["--exchange-retry-base", "1", "--exchange-retry-max", "2"];
+use common::exchange::{FAST_RETRY, audit_log, oxycodone, prescription, trust_both};
+use common::{Server, header, json_body, send};
 
 /// The header that carries the TOTP code.
 const TOTP_HEADER: &str = "ward-totp";
@@ -29,6 +25,10 @@ const TOTP_HEADER: &str = "ward-totp";
 const SECOND_FACTOR_EXTENSION: &str = "urn:ward:extension:prescriber-second-factor";
 
 const PASSWORD: &str = "violet-otter-harbor-42";
+/// The medical record number of the patient of the prescriptions.
+const MRN: &str = "MRN-RX-1";
+/// The dosage of the oxycodone prescription.
+const DOSE: &str = "1 tablet every 6 hours as needed, at most 4 a day";
 
 /// A prescriber created with `ward user add`, with a token that names them.
 struct Prescriber {
@@ -100,111 +100,6 @@ fn add_prescriber(server: &Server, name: &str) -> Prescriber {
     }
 }
 
-/// Runs `ward SUBCOMMAND --data DIR [--database URL] EXTRA`.
-fn ward_on(server: &Server, subcommand: &[&str], extra: &[&str]) -> std::process::Output {
-    let data = server.data_dir().to_str().expect("UTF-8 path").to_owned();
-    let url = server.database().map(common::TestDatabase::url);
-    let mut args: Vec<&str> = subcommand.to_vec();
-    args.extend(["--data", data.as_str()]);
-    if let Some(url) = &url {
-        args.extend(["--database", url.as_str()]);
-    }
-    args.extend(extra);
-    Command::new(WARD)
-        .args(&args)
-        .env_remove("WARD_DATA")
-        .env_remove("WARD_LISTEN")
-        .env_remove("WARD_BASE_URL")
-        .output()
-        .expect("run ward")
-}
-
-fn export(server: &Server) -> (std::path::PathBuf, TrustEntry) {
-    let output = ward_on(server, &["org", "export"], &[]);
-    assert!(
-        output.status.success(),
-        "ward org export failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let entry: TrustEntry = serde_json::from_slice(&output.stdout).expect("export prints JSON");
-    let path = server
-        .data_dir()
-        .with_file_name(format!("{}.json", entry.org_id));
-    std::fs::write(&path, &output.stdout).expect("write the export");
-    (path, entry)
-}
-
-/// Makes `a` and `b` trust each other; returns the entry of `b`.
-fn trust_both(a: &Server, b: &Server) -> TrustEntry {
-    let (a_file, a_entry) = export(a);
-    let (b_file, b_entry) = export(b);
-    for (server, file, fingerprint) in [
-        (a, &b_file, &b_entry.fingerprint),
-        (b, &a_file, &a_entry.fingerprint),
-    ] {
-        let file = file.to_str().expect("UTF-8 path");
-        let output = ward_on(
-            server,
-            &["org", "trust"],
-            &["--fingerprint", fingerprint, file],
-        );
-        assert!(
-            output.status.success(),
-            "ward org trust failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    b_entry
-}
-
-fn audit_log(server: &Server) -> String {
-    let output = ward_on(server, &["audit", "export"], &[]);
-    assert!(
-        output.status.success(),
-        "ward audit export failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Builds an oxycodone prescription (RxNorm ingredient 7804, schedule II).
-fn oxycodone_request() -> Value {
-    json!({
-        "resourceType": "MedicationRequest",
-        "status": "active",
-        "intent": "order",
-        "medicationCodeableConcept": {
-            "coding": [{ "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "7804", "display": "oxycodone" }],
-            "text": "Oxycodone 5 mg tablet"
-        },
-        "subject": { "reference": "urn:uuid:00000000-0000-4000-8000-000000000002" },
-        "dosageInstruction": [{ "text": "1 tablet every 6 hours as needed, at most 4 a day" }]
-    })
-}
-
-/// Builds a prescription message around `request`.
-fn prescription(request: Value) -> Value {
-    json!({
-        "resourceType": "Bundle",
-        "type": "message",
-        "timestamp": "2026-12-01T10:00:00Z",
-        "entry": [
-            { "fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000001", "resource": {
-                "resourceType": "MessageHeader",
-                "eventCoding": { "system": "http://example.org/fhir/message-events", "code": "prescription" },
-                "source": { "endpoint": "https://clinic-a.example/fhir" },
-                "focus": [{ "reference": "urn:uuid:00000000-0000-4000-8000-000000000007" }]
-            } },
-            { "fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000002", "resource": {
-                "resourceType": "Patient",
-                "identifier": [{ "system": "urn:oid:1.2.36.146.595.217.0.1", "value": "MRN-RX-1" }],
-                "name": [{ "family": "Example", "given": ["Pat"] }]
-            } },
-            { "fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000007", "resource": request }
-        ]
-    })
-}
-
 /// Posts `bundle` to `$send-message` with an optional TOTP code.
 async fn send_message(
     sender: &Server,
@@ -261,7 +156,7 @@ fn expected_digest(value: &Value) -> String {
 async fn controlled_without_code_is_rejected() {
     let a = Server::start();
     let b = Server::start();
-    let b_entry = trust_both(&a, &b);
+    let (_, b_entry) = trust_both(&a, &b);
     let prescriber = add_prescriber(&a, "dr-no-code");
 
     let reply = send_message(
@@ -269,13 +164,13 @@ async fn controlled_without_code_is_rejected() {
         &b_entry.org_id,
         &prescriber.token,
         None,
-        &prescription(oxycodone_request()),
+        &prescription(MRN, &oxycodone(DOSE)),
     )
     .await;
     assert_forbidden(&reply, "ward-totp header");
 
     // A prescription marked with the schedule extension needs a code too.
-    let mut marked = oxycodone_request();
+    let mut marked = oxycodone(DOSE);
     marked["medicationCodeableConcept"] = json!({ "text": "Compounded sleeping aid" });
     marked["extension"] =
         json!([{ "url": "urn:ward:extension:controlled-substance-schedule", "valueCode": "IV" }]);
@@ -284,20 +179,20 @@ async fn controlled_without_code_is_rejected() {
         &b_entry.org_id,
         &prescriber.token,
         None,
-        &prescription(marked),
+        &prescription(MRN, &marked),
     )
     .await;
     assert_forbidden(&reply, "ward-totp header");
 
     // An uncontrolled prescription needs no code.
-    let mut aspirin = oxycodone_request();
+    let mut aspirin = oxycodone(DOSE);
     aspirin["medicationCodeableConcept"] = json!({ "text": "Aspirin 100 mg" });
     let (status, _, body) = send_message(
         &a,
         &b_entry.org_id,
         &prescriber.token,
         None,
-        &prescription(aspirin),
+        &prescription(MRN, &aspirin),
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
@@ -314,9 +209,9 @@ async fn controlled_without_code_is_rejected() {
 async fn invalid_schedule_extension_is_rejected() {
     let a = Server::start();
     let b = Server::start();
-    let b_entry = trust_both(&a, &b);
+    let (_, b_entry) = trust_both(&a, &b);
     let prescriber = add_prescriber(&a, "dr-schedule");
-    let mut request = oxycodone_request();
+    let mut request = oxycodone(DOSE);
     request["extension"] =
         json!([{ "url": "urn:ward:extension:controlled-substance-schedule", "valueCode": "VI" }]);
     let code = prescriber.current_code();
@@ -325,7 +220,7 @@ async fn invalid_schedule_extension_is_rejected() {
         &b_entry.org_id,
         &prescriber.token,
         Some(&code),
-        &prescription(request),
+        &prescription(MRN, &request),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
@@ -339,9 +234,9 @@ async fn invalid_schedule_extension_is_rejected() {
 async fn wrong_code_and_non_user_are_rejected() {
     let a = Server::start();
     let b = Server::start();
-    let b_entry = trust_both(&a, &b);
+    let (_, b_entry) = trust_both(&a, &b);
     let prescriber = add_prescriber(&a, "dr-wrong");
-    let bundle = prescription(oxycodone_request());
+    let bundle = prescription(MRN, &oxycodone(DOSE));
 
     let wrong = prescriber.wrong_code();
     let reply = send_message(
@@ -388,10 +283,10 @@ async fn wrong_code_and_non_user_are_rejected() {
 async fn fresh_code_sends_once_with_provenance() {
     let a = Server::start_with(FAST_RETRY, &[]);
     let b = Server::start();
-    let b_entry = trust_both(&a, &b);
+    let (_, b_entry) = trust_both(&a, &b);
     let prescriber = add_prescriber(&a, "dr-rx");
-    let request = oxycodone_request();
-    let bundle = prescription(request.clone());
+    let request = oxycodone(DOSE);
+    let bundle = prescription(MRN, &request);
 
     let code = prescriber.current_code();
     let (status, headers, body) =

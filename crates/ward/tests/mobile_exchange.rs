@@ -6,62 +6,19 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::exchange::{referral, trust_both};
 use common::{Server, ward};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 use ward_auth::totp::{self, TotpSecret};
-use ward_exchange::TrustEntry;
 use ward_mobile::{Client, ClientOptions, KdfCost, MobileError, Posture};
 
 const PIN: &str = "482915";
 const PASSWORD: &str = "violet-otter-harbor-42";
 const CLINICIAN: &str = "wosler";
 const MRN: &str = "MRN-MX-20931";
-
-/// Exports the trust entry of `server` to a file beside its data directory.
-fn export(server: &Server) -> (PathBuf, TrustEntry) {
-    let output = ward(server, &["org", "export"], None);
-    let entry: TrustEntry = serde_json::from_str(&output).expect("export prints JSON");
-    let path = server
-        .data_dir()
-        .with_file_name(format!("{}.json", entry.org_id));
-    std::fs::write(&path, output).expect("write the export");
-    (path, entry)
-}
-
-/// Makes `a` and `b` trust each other; returns the entry of `b`.
-fn trust_both(a: &Server, b: &Server) -> TrustEntry {
-    let (a_file, a_entry) = export(a);
-    let (b_file, b_entry) = export(b);
-    let b_path = b_file.to_str().expect("UTF-8 path");
-    let a_path = a_file.to_str().expect("UTF-8 path");
-    ward(
-        a,
-        &[
-            "org",
-            "trust",
-            "--fingerprint",
-            &b_entry.fingerprint,
-            b_path,
-        ],
-        None,
-    );
-    ward(
-        b,
-        &[
-            "org",
-            "trust",
-            "--fingerprint",
-            &a_entry.fingerprint,
-            a_path,
-        ],
-        None,
-    );
-    b_entry
-}
 
 /// Adds the physician `CLINICIAN`, enrolls a phone for her in `dir` and
 /// signs her in on it.
@@ -122,37 +79,6 @@ fn enrolled_phone(server: &Server, dir: &std::path::Path) -> Client {
     phone
 }
 
-/// A referral message Bundle for the patient with `MRN`.
-fn referral() -> Value {
-    let patient = "urn:uuid:00000000-0000-4000-8000-000000000002";
-    json!({
-        "resourceType": "Bundle",
-        "type": "message",
-        "timestamp": "2026-12-01T10:00:00Z",
-        "entry": [
-            { "fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000001", "resource": {
-                "resourceType": "MessageHeader",
-                "eventCoding": { "system": "http://example.org/fhir/message-events", "code": "referral" },
-                "source": { "endpoint": "https://clinic-a.example/fhir" },
-                "focus": [{ "reference": "urn:uuid:00000000-0000-4000-8000-000000000004" }]
-            }},
-            { "fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000004", "resource": {
-                "resourceType": "ServiceRequest",
-                "status": "active",
-                "intent": "order",
-                "code": { "text": "Cardiology consultation" },
-                "subject": { "reference": patient }
-            }},
-            { "fullUrl": patient, "resource": {
-                "resourceType": "Patient",
-                "identifier": [{ "system": "urn:oid:1.2.36.146.595.217.0.1", "value": MRN }],
-                "name": [{ "family": "Example", "given": ["Pat"] }],
-                "birthDate": "1970-01-01"
-            }}
-        ]
-    })
-}
-
 #[test]
 fn phone_sends_referral_until_delivered() {
     let clinic = Server::start_with(
@@ -160,17 +86,18 @@ fn phone_sends_referral_until_delivered() {
         &[],
     );
     let specialist = Server::start();
-    let specialist_entry = trust_both(&clinic, &specialist);
+    let (_, specialist_entry) = trust_both(&clinic, &specialist);
     let dir = tempfile::tempdir().expect("temporary directory");
     let phone = enrolled_phone(&clinic, dir.path());
 
     let id = phone
-        .send_message(&specialist_entry.org_id, &referral())
+        .send_message(&specialist_entry.org_id, &referral(MRN))
         .expect("send the referral");
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         let status = phone.message_status(&id).expect("read the status");
-        if status.status != "queued" || Instant::now() > deadline {
+        let pending = matches!(status.status.as_str(), "queued" | "sent");
+        if !pending || Instant::now() > deadline {
             break status;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -203,7 +130,7 @@ fn phone_send_rejects_bad_recipients() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let phone = enrolled_phone(&clinic, dir.path());
 
-    match phone.send_message("org-not-trusted", &referral()) {
+    match phone.send_message("org-not-trusted", &referral(MRN)) {
         Err(MobileError::Server { status, detail, .. }) => {
             assert_eq!(status, 400, "{detail}");
             assert!(detail.contains("org-not-trusted"), "{detail}");
@@ -211,7 +138,7 @@ fn phone_send_rejects_bad_recipients() {
         other => panic!("expected a 400 for an untrusted recipient, got {other:?}"),
     }
     let error = phone
-        .send_message("a&recipient=b", &referral())
+        .send_message("a&recipient=b", &referral(MRN))
         .expect_err("an id with URL characters");
     assert!(
         matches!(error, MobileError::InvalidInput { .. }),

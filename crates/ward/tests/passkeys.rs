@@ -565,6 +565,15 @@ async fn reset_mfa_removes_passkeys() {
     let (server, _, _, _, _) = setup().await;
     let output = ward(&server, &["user", "reset-mfa", "dana"], None);
     assert!(output.contains("removed 1 passkey(s)"), "{output}");
+    // Dana registered her passkey in a signed-in session, which the reset
+    // ends together with her tokens.
+    let ended: usize = output
+        .split("ended ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|count| count.parse().ok())
+        .expect("the reset prints the sessions it ended");
+    assert!(ended >= 1, "{output}");
     assert_eq!(listed_passkeys(&server, "dana"), "0");
 
     let mut browser = Browser::new(&server);

@@ -10,143 +10,30 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder, Locator};
-use serde_json::{Value, json};
+use fantoccini::Locator;
+use serde_json::json;
 
-use common::{Server, header, totp_code, ward};
+use common::browser::{
+    Driver, Shots, assert_page_headers, browser, chromium_available, click, create, element, fill,
+    page_text, sign_in,
+};
+use common::{Server, add_user, header};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CLINICIAN: &str = "dr.osler";
 const PASSWORD: &str = "violet-otter-harbor-42";
 /// A family name unlikely to appear on any page by chance.
 const FAMILY: &str = "Quillfeather";
-const VIEWPORT: (u32, u32) = (390, 844);
-
-/// Returns true when the browser is installed; panics when it is missing
-/// but required.
-fn chromium_available() -> bool {
-    let present = Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists();
-    if !present {
-        assert!(
-            std::env::var("WARD_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
-            "WARD_REQUIRE_CHROMIUM=1 but {CHROMIUM} or {CHROMEDRIVER} is missing; \
-             install them with `apt-get install -y chromium chromium-driver`"
-        );
-        eprintln!(
-            "NOTE: skipping the web app browser test: {CHROMIUM} or {CHROMEDRIVER} is missing \
-             (apt-get install -y chromium chromium-driver)"
-        );
-    }
-    present
-}
-
-/// A chromedriver process, stopped on drop.
-struct Driver {
-    child: Child,
-    port: u16,
-}
-
-impl Driver {
-    fn start() -> Driver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not start listening"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Driver { child, port }
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn browser(driver: &Driver) -> Client {
-    let (width, height) = VIEWPORT;
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".to_owned(),
-        json!({
-            "binary": CHROMIUM,
-            "args": [
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                // The test server's certificate comes from its own test CA.
-                "--ignore-certificate-errors",
-                "--no-first-run",
-                "--disable-extensions",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                format!("--window-size={width},{height}"),
-            ],
-            "mobileEmulation": {
-                "deviceMetrics": {"width": width, "height": height, "pixelRatio": 1.0, "touch": true},
-            },
-        }),
-    );
-    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(capabilities)
-        .connect(&format!("http://127.0.0.1:{}", driver.port))
-        .await
-        .expect("open a Chromium session through chromedriver")
-}
 
 /// Adds the physician `CLINICIAN` as `Practitioner/dr` and returns the TOTP
 /// secret `ward user add` prints.
 fn add_clinician(server: &Server) -> String {
-    let output = ward(
+    add_user(
         server,
-        &[
-            "user",
-            "add",
-            "--username",
-            CLINICIAN,
-            "--role",
-            "physician",
-            "--password-stdin",
-            "--fhir-user",
-            "Practitioner/dr",
-        ],
-        Some(&format!("{PASSWORD}\n")),
-    );
-    output
-        .lines()
-        .find_map(|line| line.strip_prefix("TOTP secret: "))
-        .expect("ward user add prints the TOTP secret")
-        .trim()
-        .to_owned()
-}
-
-async fn create(server: &Server, token: &str, resource: Value) -> String {
-    let path = resource["resourceType"].as_str().expect("type").to_owned();
-    let (status, _, body) = server.post_json(&path, token, &resource).await;
-    assert!(status.is_success(), "creating {path}: {body}");
-    body["id"].as_str().expect("id").to_owned()
+        (CLINICIAN, "physician", PASSWORD),
+        Some("Practitioner/dr"),
+    )
 }
 
 /// Patients Ada and Bo on the care team of `Practitioner/dr`, Cy not; Ada
@@ -205,131 +92,6 @@ async fn seed(server: &Server) -> String {
         create(server, &admin, resource).await;
     }
     ada
-}
-
-struct Shots {
-    dir: PathBuf,
-}
-
-impl Shots {
-    fn new() -> Shots {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/webapp-screenshots");
-        std::fs::create_dir_all(&dir).expect("create the screenshot directory");
-        Shots { dir }
-    }
-
-    async fn take(&self, browser: &Client, name: &str) {
-        let png = browser.screenshot().await.expect("screenshot");
-        std::fs::write(self.dir.join(format!("{name}.png")), png).expect("write screenshot");
-    }
-}
-
-/// Finds an element, waiting for the page that has it to load; panics with
-/// the page's text when it never appears.
-async fn element(browser: &Client, locator: Locator<'_>) -> fantoccini::elements::Element {
-    match browser
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(locator)
-        .await
-    {
-        Ok(element) => element,
-        Err(error) => {
-            let url = browser.current_url().await.expect("url");
-            let text = page_text(browser).await;
-            panic!("{locator:?} not found on {url}: {error}\npage text: {text}");
-        }
-    }
-}
-
-async fn fill(browser: &Client, id: &str, text: &str) {
-    let input = element(browser, Locator::Id(id)).await;
-    input.clear().await.expect("clear");
-    input.send_keys(text).await.expect("type");
-}
-
-/// Clicks an element that leads to another page and waits until the old
-/// page is gone, so the next lookup finds elements of the new one.
-async fn click(browser: &Client, css: &str) {
-    let old_page = browser.find(Locator::Css("html")).await.expect("html");
-    element(browser, Locator::Css(css))
-        .await
-        .click()
-        .await
-        .expect("click");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while old_page.tag_name().await.is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "clicking {css} did not load a page"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-async fn page_text(browser: &Client) -> String {
-    browser
-        .find(Locator::Css("body"))
-        .await
-        .expect("body")
-        .text()
-        .await
-        .expect("body text")
-}
-
-/// Signs in through the authorization server's pages: password, TOTP
-/// code, consent.
-async fn sign_in(browser: &Client, server: &Server, secret: &str, shots: &Shots) {
-    browser
-        .goto(&format!("{}/app", server.origin()))
-        .await
-        .expect("open /app");
-    let url = browser.current_url().await.expect("url");
-    assert_eq!(
-        url.path(),
-        "/oauth/authorize",
-        "no session leads to sign-in"
-    );
-    fill(browser, "username", CLINICIAN).await;
-    fill(browser, "password", PASSWORD).await;
-    shots.take(browser, "01-sign-in").await;
-    click(browser, "form[action='/oauth/login'] button[type=submit]").await;
-    fill(browser, "code", &totp_code(secret)).await;
-    click(browser, "form[action='/oauth/mfa'] button[type=submit]").await;
-    click(browser, "button[name=decision][value=approve]").await;
-    let url = browser.current_url().await.expect("url");
-    assert_eq!(url.path(), "/app", "{}", page_text(browser).await);
-}
-
-/// Checks the headers of a signed-in page fetched with the browser's own
-/// session cookie.
-async fn assert_page_headers(server: &Server, cookie: &str, path: &str) {
-    let response = server
-        .client()
-        .get(format!("{}{path}", server.origin()))
-        .header("cookie", format!("__Host-ward-app={cookie}"))
-        .send()
-        .await
-        .expect("fetch page");
-    assert_eq!(response.status(), 200, "{path}");
-    let headers = response.headers();
-    let csp = header(headers, "content-security-policy");
-    assert!(csp.contains("default-src 'none'"), "{csp}");
-    assert!(csp.contains("script-src 'self'"), "{csp}");
-    assert!(csp.contains("style-src 'self'"), "{csp}");
-    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
-    assert!(!csp.contains("unsafe-inline"), "{csp}");
-    assert_eq!(header(headers, "cache-control"), "no-store", "{path}");
-    assert_eq!(header(headers, "x-frame-options"), "DENY", "{path}");
-    assert_eq!(header(headers, "referrer-policy"), "no-referrer", "{path}");
-    assert_eq!(
-        header(headers, "x-content-type-options"),
-        "nosniff",
-        "{path}"
-    );
-    let body = response.text().await.expect("body");
-    assert!(!body.contains("<script>"), "inline script on {path}");
-    assert!(!body.contains("style="), "inline style on {path}");
-    assert!(!body.contains("<style"), "inline style on {path}");
 }
 
 /// Checks, with the browser's session cookie, that forms without the
@@ -418,7 +180,7 @@ async fn webapp_clinician_flow_in_chromium() {
     let shots = Shots::new();
     assert_static_files(&server).await;
 
-    sign_in(&browser, &server, &secret, &shots).await;
+    sign_in(&browser, &server, (CLINICIAN, PASSWORD, &secret), &shots).await;
 
     // The care team list: Ada and Bo, not Cy.
     let text = page_text(&browser).await;
@@ -460,6 +222,18 @@ async fn webapp_clinician_flow_in_chromium() {
             "{query}: {text}"
         );
     }
+    // The results page is a GET after a redirect (no form body in the
+    // browser's history): reloading it shows the same results at once,
+    // with no resubmission prompt.
+    let page = browser.find(Locator::Css("html")).await.expect("html");
+    browser.refresh().await.expect("reload the results");
+    assert!(
+        page.tag_name().await.is_err(),
+        "the reload loaded a new page"
+    );
+    let text = page_text(&browser).await;
+    assert!(text.contains(&format!("Ada {FAMILY}")), "{text}");
+    assert!(!text.contains(&format!("Bo {FAMILY}")), "{text}");
     shots.take(&browser, "02-patients").await;
 
     // The chart: no PHI in the URL or title.
@@ -515,7 +289,7 @@ async fn webapp_clinician_flow_in_chromium() {
     assert_eq!(url.path(), chart_path);
     let text = page_text(&browser).await;
     assert!(text.contains("Vitals saved."), "{text}");
-    assert!(text.contains("128 mmHg / 82 mmHg"), "{text}");
+    assert!(text.contains("128/82 mmHg"), "{text}");
     assert!(text.contains("Heart rate: 72 /min"), "{text}");
     assert!(text.contains("Body temperature: 37.2 °C"), "{text}");
     shots.take(&browser, "05-chart-with-vitals").await;
@@ -606,7 +380,7 @@ async fn webapp_idle_page_signs_out() {
     let driver = Driver::start();
     let browser = browser(&driver).await;
     let shots = Shots::new();
-    sign_in(&browser, &server, &secret, &shots).await;
+    sign_in(&browser, &server, (CLINICIAN, PASSWORD, &secret), &shots).await;
     assert!(page_text(&browser).await.contains(FAMILY));
 
     // Left alone, the page goes to the signed-out page by itself.

@@ -657,6 +657,31 @@ fn long_strings_limited() {
 }
 
 #[test]
+fn control_characters_rejected() {
+    let mut p = patient();
+    p["name"][0]["text"] = json!("Peter\u{0}\u{1}\u{2}");
+    assert_issue(&p, IssueType::Value, "Patient.name[0].text");
+    let found = issues(&p);
+    assert!(found[0].diagnostics.contains("U+0000"), "{found:#?}");
+
+    let mut p = patient();
+    p["name"][0]["given"][1] = json!("Ja\u{1b}mes");
+    assert_issue(&p, IssueType::Value, "Patient.name[0].given[1]");
+
+    let mut o = observation();
+    o["code"]["text"] = json!("weight\u{7}");
+    assert_issue(&o, IssueType::Value, "Observation.code.text");
+
+    let mut o = observation();
+    o["code"]["coding"][0]["system"] = json!("http://loinc.org\u{8}");
+    assert_issue(&o, IssueType::Value, "Observation.code.coding[0].system");
+
+    let mut o = observation();
+    o["note"] = json!([{"text": "line one\r\nline two\tend"}]);
+    assert_valid(&o);
+}
+
+#[test]
 fn all_issues_collected() {
     let bad = json!({
         "resourceType": "Observation",

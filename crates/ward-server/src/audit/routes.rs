@@ -29,6 +29,8 @@ use crate::scopes::Permission;
 const MAX_SCAN: u64 = 200_000;
 /// Rows read from the store at a time.
 const PAGE: u64 = 1000;
+/// The largest `_offset` a search accepts. Deeper pages use `_before`.
+const MAX_OFFSET: usize = 10_000;
 
 /// Builds the audit routes.
 pub fn router() -> Router<AppState> {
@@ -175,6 +177,9 @@ struct Filters {
     outcome: Option<String>,
     event_type: Option<String>,
     subtype: Option<String>,
+    /// Only records whose id (sequence number) is below this: a keyset
+    /// cursor, so that pages stay stable while new records arrive.
+    before: Option<u64>,
     count: usize,
     offset: usize,
 }
@@ -197,7 +202,25 @@ fn parse_filters(pairs: &[(String, String)]) -> FhirResult<Filters> {
             "type" => filters.event_type = Some(code_of(&value)),
             "subtype" => filters.subtype = Some(code_of(&value)),
             "_count" => filters.count = parse_number(name, &value)?.clamp(1, 1000),
-            "_offset" => filters.offset = parse_number(name, &value)?,
+            "_offset" => {
+                let offset = parse_number(name, &value).ok().filter(|o| *o <= MAX_OFFSET);
+                filters.offset = offset.ok_or_else(|| {
+                    FhirError::bad_request(format!(
+                        "_offset must be an integer from 0 to {MAX_OFFSET}, got '{}'; \
+                         page further with _before set to the id of the last record shown",
+                        truncate(&value, 20)
+                    ))
+                })?;
+            }
+            "_before" => {
+                let before = value.parse::<u64>().map_err(|_| {
+                    FhirError::bad_request(format!(
+                        "_before must be the id of an AuditEvent (a non-negative integer), got '{}'",
+                        truncate(&value, 20)
+                    ))
+                })?;
+                filters.before = Some(before);
+            }
             "_format" => {}
             other => {
                 return Err(FhirError::bad_request(format!(
@@ -309,11 +332,15 @@ impl Filters {
 
 /// Finds the matches of `filters`, newest first: `(page, more)`.
 fn find(store: &dyn Store, filters: &Filters) -> FhirResult<(Vec<ChainEntry>, bool)> {
-    let wanted = filters.offset + filters.count + 1;
+    // parse_filters bounds both, and the saturating sums keep that true
+    // if the bounds change.
+    let page_end = filters.offset.saturating_add(filters.count);
+    let wanted = page_end.saturating_add(1);
     let mut found = Vec::new();
     if let Some(patient) = &filters.patient {
         let seqs = store.audit_seqs_for_patient(patient, i64::MIN, i64::MAX)?;
-        for seq in seqs.iter().rev() {
+        let below = |seq: &&u64| filters.before.is_none_or(|before| **seq < before);
+        for seq in seqs.iter().rev().filter(below) {
             let rows = store.audit_rows(*seq, 1)?;
             if let Some(entry) = rows.first().filter(|r| r.seq == *seq).and_then(decode)
                 && filters.matches(&entry)
@@ -326,6 +353,7 @@ fn find(store: &dyn Store, filters: &Filters) -> FhirResult<(Vec<ChainEntry>, bo
         }
     } else {
         let size = store.audit_head()?.size;
+        let size = filters.before.map_or(size, |before| size.min(before));
         let mut end = size;
         let floor = size.saturating_sub(MAX_SCAN);
         while end > floor && found.len() < wanted {
@@ -342,7 +370,7 @@ fn find(store: &dyn Store, filters: &Filters) -> FhirResult<(Vec<ChainEntry>, bo
             end = start;
         }
     }
-    let more = found.len() > filters.offset + filters.count;
+    let more = found.len() > page_end;
     let page: Vec<ChainEntry> = found
         .into_iter()
         .skip(filters.offset)
@@ -384,7 +412,10 @@ async fn search(
             next.push_str(&part);
             next.push('&');
         }
-        next.push_str(&format!("_count={count}&_offset={}", offset + count));
+        next.push_str(&format!(
+            "_count={count}&_offset={}",
+            offset.saturating_add(count)
+        ));
         links.push(("next", next));
     }
     Ok(json_response(
@@ -605,4 +636,37 @@ fn render_html(patient: &str, entries: &[ChainEntry]) -> String {
         html_escape(patient),
         entries.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(query: &[(&str, &str)]) -> Vec<(String, String)> {
+        query
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn offset_is_bounded() {
+        let ok = parse_filters(&pairs(&[("_offset", "10000"), ("_count", "1000")])).unwrap();
+        assert_eq!(ok.offset, MAX_OFFSET);
+        for bad in ["18446744073709551615", "10001", "-1", "x"] {
+            let error = parse_filters(&pairs(&[("_offset", bad)]))
+                .err()
+                .expect("refused");
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{bad}");
+            let text = format!("{:?}", error.outcome);
+            assert!(text.contains("_offset must be an integer"), "{text}");
+        }
+    }
+
+    #[test]
+    fn before_is_a_cursor() {
+        let filters = parse_filters(&pairs(&[("_before", "42")])).unwrap();
+        assert_eq!(filters.before, Some(42));
+        assert!(parse_filters(&pairs(&[("_before", "-3")])).is_err());
+    }
 }

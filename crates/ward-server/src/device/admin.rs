@@ -13,6 +13,23 @@ use ward_device::registry::{self, RevokeReason};
 use super::events::{self, DeviceEvent};
 use super::routes::{bearer, is_admin};
 use super::{blocking, device_error, json, read_json, service};
+
+/// Reads a JSON body that may be empty, as `{}`.
+async fn read_optional_json<T: serde::de::DeserializeOwned>(
+    body: axum::body::Body,
+) -> Result<T, FhirError> {
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map_err(|_| FhirError::bad_request("the body is larger than 64 KiB"))?;
+    let text = if bytes.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        &bytes[..]
+    };
+    serde_json::from_slice(text).map_err(|e| {
+        FhirError::bad_request(format!("the body is not valid JSON for this endpoint: {e}"))
+    })
+}
 use crate::AppState;
 use crate::audit::{Actor, Peer};
 use crate::error::FhirError;
@@ -20,6 +37,13 @@ use crate::error::FhirError;
 #[derive(Deserialize)]
 struct RevokeRequest {
     reason: String,
+}
+
+/// The body of a wipe request, with an optional reason.
+#[derive(Deserialize)]
+struct WipeRequest {
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 /// Query parameters of the report.
@@ -125,8 +149,10 @@ pub async fn revoke(
     respond(change(state, id, peer, request, true).await)
 }
 
-/// `POST /admin/devices/{id}/wipe`: requests a wipe at the device's next
-/// check-in; this revokes an active device too.
+/// `POST /admin/devices/{id}/wipe` with an optional `{"reason": ...}`:
+/// requests a wipe at the device's next check-in; this revokes an active
+/// device too. A revoked device has a wipe requested already, so both
+/// routes return 409 Conflict for it and change nothing.
 pub async fn wipe(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -150,15 +176,36 @@ async fn change(
         let body: RevokeRequest = read_json(request.into_body()).await?;
         Some(RevokeReason::parse(&body.reason).map_err(device_error)?)
     } else {
-        None
+        let body: WipeRequest = read_optional_json(request.into_body()).await?;
+        body.reason
+            .map(|reason| RevokeReason::parse(&reason).map_err(device_error))
+            .transpose()?
     };
     let store = state.engine.store.clone();
     let by = actor.user_id.clone();
-    let device = blocking(move || {
+    let revoked = blocking(move || {
         let now = OffsetDateTime::now_utc();
-        registry::revoke(store.as_ref(), &id, reason, &by, now).map_err(device_error)
+        Ok(registry::revoke(store.as_ref(), &id, reason, &by, now))
     })
     .await?;
+    // A second revoke or wipe changes nothing. The attempt is recorded as
+    // a failed change, so the log shows who tried.
+    let device = match revoked {
+        Ok(device) => device,
+        Err(error @ ward_device::DeviceError::AlreadyRevoked { .. }) => {
+            let record = state.engine.auditor.denial(
+                &actor,
+                ward_audit::record::Subtype::UseOfRestrictedFunction,
+                ward_audit::record::Action::Update,
+                "the device was already revoked",
+                None,
+                &[],
+            );
+            state.engine.auditor.commit(record).await?;
+            return Err(device_error(error));
+        }
+        Err(error) => return Err(device_error(error)),
+    };
     let mut event_actor = actor.clone();
     event_actor.device_id = Some(device.id().to_string());
     let event = if revoke {

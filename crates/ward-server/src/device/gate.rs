@@ -3,6 +3,12 @@
 //! or not compliant (403 with an OperationOutcome naming each failing
 //! rule). The device is read from the store on every request, so a
 //! revocation takes effect at once on every replica.
+//!
+//! Browsers enrolled through the web app are devices too: their session's
+//! tokens name the device, so a revoked browser is refused here like a
+//! phone. The posture rules do not apply to them. The kind the server
+//! recorded at enrollment ([`ward_device::DeviceKind`]) tells a browser
+//! from a phone, never the posture a device reports.
 
 use std::net::IpAddr;
 

@@ -10,7 +10,7 @@
 //! be the one the registry last issued to it.
 
 mod admin;
-mod events;
+pub(crate) mod events;
 pub mod gate;
 mod routes;
 
@@ -106,6 +106,11 @@ fn device_error(error: ward_device::DeviceError) -> FhirError {
         E::InvalidPosture(_) | E::Invalid(_) => FhirError::bad_request(error.to_string()),
         E::UnknownCode | E::ExpiredCode => FhirError::bad_request(error.to_string()),
         E::Revoked(_) => FhirError::unauthorized("invalid_token", &error.to_string()),
+        E::AlreadyRevoked { .. } => FhirError::new(
+            StatusCode::CONFLICT,
+            ward_fhir::IssueType::Conflict,
+            error.to_string(),
+        ),
         other => FhirError::internal(&other),
     }
 }

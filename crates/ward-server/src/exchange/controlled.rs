@@ -2,8 +2,12 @@
 //!
 //! A MedicationRequest in a message is controlled when it, or the
 //! Medication it references, carries the [`SCHEDULE_EXTENSION`] with a
-//! United States DEA schedule (`II` to `V`), or when its medication has an
-//! RxNorm code from [`SCHEDULED_RXNORM`]. `$send-message` then needs a
+//! United States DEA schedule (`II` to `V`), or when its medication (its
+//! code, or an ingredient of the Medication) has an RxNorm code from
+//! [`SCHEDULED_RXNORM`], under the RxNorm URI or OID. A `medicationReference`
+//! is resolved in the Bundle following FHIR R4 (a version-specific reference
+//! loses its `/_history/VERSION`), and one that names no Medication of the
+//! message is rejected. `$send-message` then needs a
 //! fresh TOTP code of the signed-in prescriber in the [`TOTP_HEADER`]
 //! header. Each code works once, sign-ins included, and wrong codes count
 //! towards the account's sign-in lock.
@@ -13,6 +17,11 @@
 //! and the time of the check, so the receiver, which files the Provenance,
 //! can show who confirmed which prescription content and when. The JWS
 //! signature of the outbox covers the whole Bundle, Provenance included.
+//!
+//! The receiver recomputes the digest of each controlled MedicationRequest
+//! it is sent ([`verify_received`]) and rejects a message whose
+//! Provenance is missing or records another digest, so a prescription
+//! changed after the prescriber's confirmation is not filed.
 
 use aws_lc_rs::digest;
 use http::{HeaderMap, StatusCode};
@@ -22,6 +31,7 @@ use time::format_description::well_known::Rfc3339;
 use ward_audit::record::Outcome;
 use ward_auth::throttle::{Decision, Throttle, ThrottleState};
 use ward_auth::totp::{self, TotpError, TotpSecret};
+use ward_exchange::message;
 use ward_fhir::IssueType;
 use ward_fhir::outcome::{OperationOutcome, OutcomeIssue};
 use ward_store::Store;
@@ -54,17 +64,26 @@ pub const RXNORM: &str = "http://www.nlm.nih.gov/research/umls/rxnorm";
 /// RxNorm ingredient codes (RXCUI) of common scheduled drugs, with their
 /// DEA schedule (21 CFR 1308.12 to 1308.15).
 ///
+/// The ten opioid codes and names match the CDC MME conversion factor
+/// CodeSystem (`CDCMMEClinicalConversionFactors` 3.0.0 of the HL7/CDC
+/// Opioid MME implementation guide, which supplements RxNorm). The other
+/// codes were checked against RxNorm names from secondary sources only.
+///
 /// NOTE: the list contains ingredient codes only. A prescription coded by a
-/// clinical drug code (SCD or SBD) is recognized only when it also carries
-/// the [`SCHEDULE_EXTENSION`].
+/// clinical drug code (SCD or SBD) alone is recognized only when it also
+/// carries the [`SCHEDULE_EXTENSION`], or when its Medication lists the
+/// ingredient code in `Medication.ingredient`.
 pub const SCHEDULED_RXNORM: &[(&str, Schedule)] = &[
-    ("7804", Schedule::II),   // oxycodone
-    ("7052", Schedule::II),   // morphine
+    ("2670", Schedule::II),   // codeine (single-entity; combinations are III or V)
     ("4337", Schedule::II),   // fentanyl
     ("5489", Schedule::II),   // hydrocodone
-    ("6813", Schedule::II),   // methadone
     ("3423", Schedule::II),   // hydromorphone
-    ("2670", Schedule::II),   // codeine
+    ("6813", Schedule::II),   // methadone
+    ("7052", Schedule::II),   // morphine
+    ("7804", Schedule::II),   // oxycodone
+    ("7814", Schedule::II),   // oxymorphone
+    ("787390", Schedule::II), // tapentadol
+    ("10689", Schedule::IV),  // tramadol
     ("725", Schedule::II),    // amphetamine
     ("6901", Schedule::II),   // methylphenidate
     ("1819", Schedule::III),  // buprenorphine
@@ -75,7 +94,6 @@ pub const SCHEDULED_RXNORM: &[(&str, Schedule)] = &[
     ("6470", Schedule::IV),   // lorazepam
     ("2598", Schedule::IV),   // clonazepam
     ("39993", Schedule::IV),  // zolpidem
-    ("10689", Schedule::IV),  // tramadol
     ("8134", Schedule::IV),   // phenobarbital
     ("187832", Schedule::V),  // pregabalin
 ];
@@ -157,7 +175,10 @@ pub fn find_controlled(bundle: &Value) -> Result<Vec<ControlledRequest>, (String
 
 /// Returns the schedule of a MedicationRequest from its own extension, its
 /// `medicationCodeableConcept`, or the Medication its `medicationReference`
-/// names (contained, or another entry of the Bundle).
+/// names (contained, or another entry of the Bundle). A reference is
+/// resolved as FHIR R4 does in a Bundle: a version-specific reference
+/// loses its `/_history/VERSION`, and absolute and relative forms match the
+/// entry's `fullUrl` (see [`message::BundleIndex`]).
 fn schedule_of(
     request: &Value,
     entries: &[Value],
@@ -175,6 +196,7 @@ fn schedule_of(
     else {
         return Ok(None);
     };
+    let index = message::BundleIndex::new(entries);
     let (medication, medication_path) = if let Some(local) = reference.strip_prefix('#') {
         let contained = request
             .get("contained")
@@ -187,28 +209,72 @@ fn schedule_of(
             });
         match contained {
             Some((medication, position)) => (medication, format!("{path}.contained[{position}]")),
-            None => return Ok(None),
+            None => return Err(unresolved_medication(path)),
         }
     } else {
-        let target = entries.iter().enumerate().find(|(_, entry)| {
-            entry.get("fullUrl").and_then(Value::as_str) == Some(reference)
-                || entry.get("resource").is_some_and(|resource| {
-                    resource.get("resourceType").and_then(Value::as_str) == Some("Medication")
-                        && resource
-                            .get("id")
-                            .and_then(Value::as_str)
-                            .is_some_and(|id| reference == format!("Medication/{id}"))
-                })
-        });
-        match target.and_then(|(index, entry)| Some((entry.get("resource")?, index))) {
-            Some((medication, index)) => (medication, format!("Bundle.entry[{index}].resource")),
-            None => return Ok(None),
+        let target = index
+            .resolve(reference)
+            .and_then(|position| Some((entries[position].get("resource")?, position)));
+        match target {
+            Some((medication, position)) => {
+                (medication, format!("Bundle.entry[{position}].resource"))
+            }
+            // Fail closed: a Medication the check cannot see could be
+            // controlled.
+            None => return Err(unresolved_medication(path)),
         }
     };
     if let Some(schedule) = extension_schedule(medication, &medication_path)? {
         return Ok(Some(schedule));
     }
-    Ok(medication.get("code").and_then(rxnorm_schedule))
+    if let Some(schedule) = medication.get("code").and_then(rxnorm_schedule) {
+        return Ok(Some(schedule));
+    }
+    Ok(ingredient_schedule(medication, &index, entries))
+}
+
+/// Builds the error of a `medicationReference` that names no Medication of
+/// the message, for the MedicationRequest at `path`.
+fn unresolved_medication(path: &str) -> (String, String) {
+    (
+        "the medicationReference does not resolve to a Medication of the message Bundle; \
+         add the Medication as an entry (or contained resource) and reference its fullUrl"
+            .to_owned(),
+        format!("{path}.medicationReference.reference"),
+    )
+}
+
+/// Returns the schedule of the first ingredient of a Medication with a
+/// listed code: an `itemCodeableConcept` with a listed RxNorm code, or an
+/// `itemReference` to an entry (Substance or Medication) whose `code` has
+/// one.
+fn ingredient_schedule(
+    medication: &Value,
+    index: &message::BundleIndex,
+    entries: &[Value],
+) -> Option<Schedule> {
+    medication
+        .get("ingredient")
+        .and_then(Value::as_array)?
+        .iter()
+        .find_map(|ingredient| {
+            if let Some(concept) = ingredient.get("itemCodeableConcept") {
+                return rxnorm_schedule(concept);
+            }
+            let reference = ingredient
+                .pointer("/itemReference/reference")
+                .and_then(Value::as_str)?;
+            let item = if let Some(local) = reference.strip_prefix('#') {
+                medication
+                    .get("contained")
+                    .and_then(Value::as_array)?
+                    .iter()
+                    .find(|item| item.get("id").and_then(Value::as_str) == Some(local))?
+            } else {
+                entries.get(index.resolve(reference)?)?.get("resource")?
+            };
+            item.get("code").and_then(rxnorm_schedule)
+        })
 }
 
 /// Reads the [`SCHEDULE_EXTENSION`] of a resource.
@@ -237,13 +303,28 @@ fn extension_schedule(resource: &Value, path: &str) -> Result<Option<Schedule>, 
     Ok(None)
 }
 
+/// The OID of RxNorm, which some systems send as `urn:oid:` instead of
+/// [`RXNORM`].
+pub const RXNORM_OID: &str = "urn:oid:2.16.840.1.113883.6.88";
+
+/// Returns whether `system` names RxNorm: its URI (with or without a
+/// trailing slash) or its OID.
+fn is_rxnorm(system: &str) -> bool {
+    system.trim_end_matches('/') == RXNORM || system == RXNORM_OID
+}
+
 /// Looks up the RxNorm codings of a CodeableConcept in [`SCHEDULED_RXNORM`].
 fn rxnorm_schedule(concept: &Value) -> Option<Schedule> {
     concept
         .get("coding")
         .and_then(Value::as_array)?
         .iter()
-        .filter(|coding| coding.get("system").and_then(Value::as_str) == Some(RXNORM))
+        .filter(|coding| {
+            coding
+                .get("system")
+                .and_then(Value::as_str)
+                .is_some_and(is_rxnorm)
+        })
         .filter_map(|coding| coding.get("code").and_then(Value::as_str))
         .find_map(|code| {
             SCHEDULED_RXNORM
@@ -279,6 +360,85 @@ fn sorted_keys(value: &Value) -> Value {
         Value::Array(items) => Value::Array(items.iter().map(sorted_keys).collect()),
         other => other.clone(),
     }
+}
+
+/// Checks a received message: each controlled MedicationRequest must be
+/// the `target` of a Provenance in the same Bundle whose
+/// [`SECOND_FACTOR_EXTENSION`] records the digest that [`content_digest`]
+/// computes over the MedicationRequest as received.
+///
+/// # Errors
+///
+/// 422 with an OperationOutcome (code `security`) that names the entry,
+/// when the Provenance is missing or its digest does not match, and 400 for
+/// an invalid schedule extension.
+pub fn verify_received(bundle: &Value) -> Result<(), FhirError> {
+    let controlled = find_controlled(bundle)
+        .map_err(|(text, path)| FhirError::invalid_at(IssueType::Value, text, &path))?;
+    let entries = bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    let index = message::BundleIndex::new(entries);
+    for request in controlled {
+        let path = format!("Bundle.entry[{}].resource", request.entry);
+        let entry = &entries[request.entry];
+        let recorded = recorded_digests(entries, &index, request.entry);
+        let reason = if recorded.is_empty() {
+            "the controlled-substance prescription has no Provenance with the prescriber's second factor; the sending server must add it"
+        } else if !recorded.contains(&content_digest(&entry["resource"])) {
+            "the controlled-substance prescription does not match the digest its Provenance records: it was changed after the prescriber confirmed it"
+        } else {
+            continue;
+        };
+        let issue = OutcomeIssue::error(IssueType::Security, reason).at(path);
+        return Err(FhirError::with_outcome(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            OperationOutcome::single(issue),
+        ));
+    }
+    Ok(())
+}
+
+/// Returns the digests that the second-factor Provenances of the Bundle
+/// record for the entry at `position`, their `target` resolved as
+/// [`message::BundleIndex`] does.
+fn recorded_digests(
+    entries: &[Value],
+    index: &message::BundleIndex,
+    position: usize,
+) -> Vec<String> {
+    entries
+        .iter()
+        .filter_map(|entry| entry.get("resource"))
+        .filter(|resource| {
+            resource.get("resourceType").and_then(Value::as_str) == Some("Provenance")
+        })
+        .filter(|provenance| {
+            provenance
+                .get("target")
+                .and_then(Value::as_array)
+                .is_some_and(|targets| {
+                    targets.iter().any(|target| {
+                        target
+                            .get("reference")
+                            .and_then(Value::as_str)
+                            .and_then(|reference| index.resolve(reference))
+                            == Some(position)
+                    })
+                })
+        })
+        .filter_map(|provenance| provenance.get("extension").and_then(Value::as_array))
+        .flatten()
+        .filter(|extension| {
+            extension.get("url").and_then(Value::as_str) == Some(SECOND_FACTOR_EXTENSION)
+        })
+        .filter_map(|extension| extension.get("extension").and_then(Value::as_array))
+        .flatten()
+        .filter(|part| part.get("url").and_then(Value::as_str) == Some("digest"))
+        .filter_map(|part| part.get("valueString").and_then(Value::as_str))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The reason a second factor was rejected.
@@ -636,6 +796,68 @@ mod tests {
     }
 
     #[test]
+    fn received_digest_is_checked() {
+        let request = json!({
+            "resourceType": "MedicationRequest",
+            "medicationCodeableConcept": { "coding": [{ "system": RXNORM, "code": "7804" }] },
+            "dosageInstruction": [{ "text": "1 tablet every 6 hours" }]
+        });
+        let mut bundle = message(request.clone());
+        let mut unsigned = bundle.clone();
+        let provenance = json!({
+            "fullUrl": "urn:uuid:3",
+            "resource": {
+                "resourceType": "Provenance",
+                "extension": [{
+                    "url": SECOND_FACTOR_EXTENSION,
+                    "extension": [
+                        { "url": "digest", "valueString": content_digest(&request) },
+                        { "url": "schedule", "valueCode": "II" }
+                    ]
+                }],
+                "target": [{ "reference": "urn:uuid:2" }]
+            }
+        });
+        bundle["entry"]
+            .as_array_mut()
+            .expect("entries")
+            .push(provenance);
+        verify_received(&bundle).expect("unchanged prescription passes");
+
+        // Changed after the confirmation.
+        let mut changed = bundle.clone();
+        changed["entry"][1]["resource"]["dosageInstruction"][0]["text"] =
+            json!("4 tablets every 6 hours");
+        let error = verify_received(&changed).expect_err("changed dose");
+        assert_eq!(error.status, StatusCode::UNPROCESSABLE_ENTITY);
+        let text = error.outcome.issues[0].diagnostics.clone();
+        assert!(text.contains("does not match the digest"), "{text}");
+
+        // No Provenance at all, or one for another target.
+        let error = verify_received(&unsigned).expect_err("no provenance");
+        assert!(
+            error.outcome.issues[0]
+                .diagnostics
+                .contains("no Provenance")
+        );
+        let provenance = bundle["entry"][2].clone();
+        let mut elsewhere = provenance.clone();
+        elsewhere["resource"]["target"][0]["reference"] = json!("urn:uuid:other");
+        unsigned["entry"]
+            .as_array_mut()
+            .expect("entries")
+            .push(elsewhere);
+        assert!(verify_received(&unsigned).is_err());
+
+        // A message without controlled requests needs nothing.
+        let plain = message(json!({
+            "resourceType": "MedicationRequest",
+            "medicationCodeableConcept": { "text": "amoxicillin" }
+        }));
+        verify_received(&plain).expect("not controlled");
+    }
+
+    #[test]
     fn digest_ignores_key_order() {
         let one: Value = serde_json::from_str(r#"{"a":1,"b":{"c":"x","d":[1,2]}}"#).expect("json");
         let two: Value = serde_json::from_str(r#"{"b":{"d":[1,2],"c":"x"},"a":1}"#).expect("json");
@@ -645,5 +867,82 @@ mod tests {
         assert_ne!(content_digest(&one), content_digest(&three));
         assert!(content_digest(&one).starts_with("sha256:"));
         assert_eq!(content_digest(&one).len(), "sha256:".len() + 64);
+    }
+
+    fn with_medication(reference: &str, medication: Value) -> Value {
+        let mut bundle = message(json!({
+            "resourceType": "MedicationRequest",
+            "medicationReference": { "reference": reference }
+        }));
+        bundle["entry"]
+            .as_array_mut()
+            .expect("entries")
+            .push(json!({
+                "fullUrl": "https://a.example/fhir/Medication/oxy",
+                "resource": medication
+            }));
+        bundle
+    }
+
+    #[test]
+    fn versioned_and_absolute_medication_references_are_checked() {
+        let scheduled = json!({
+            "resourceType": "Medication", "id": "oxy",
+            "extension": [{ "url": SCHEDULE_EXTENSION, "valueCode": "II" }]
+        });
+        for reference in [
+            "Medication/oxy",
+            "Medication/oxy/_history/1",
+            "https://a.example/fhir/Medication/oxy",
+            "https://a.example/fhir/Medication/oxy/_history/1",
+        ] {
+            let found = find_controlled(&with_medication(reference, scheduled.clone()))
+                .unwrap_or_else(|error| panic!("{reference}: {error:?}"));
+            assert_eq!(found.len(), 1, "{reference}");
+            assert_eq!(found[0].schedule, Schedule::II, "{reference}");
+        }
+        // A reference the Bundle does not contain cannot be checked, so it is rejected.
+        let (_, path) = find_controlled(&with_medication(
+            "https://elsewhere.example/fhir/Medication/oxy",
+            scheduled,
+        ))
+        .expect_err("unresolved medication");
+        assert_eq!(
+            path,
+            "Bundle.entry[1].resource.medicationReference.reference"
+        );
+    }
+
+    #[test]
+    fn rxnorm_oid_and_ingredients_are_controlled() {
+        let bundle = message(json!({
+            "resourceType": "MedicationRequest",
+            "medicationCodeableConcept": { "coding": [{ "system": RXNORM_OID, "code": "7804" }] }
+        }));
+        assert_eq!(find_controlled(&bundle).expect("valid").len(), 1);
+
+        let clinical_drug = json!({
+            "resourceType": "Medication", "id": "oxy",
+            "code": { "coding": [{ "system": RXNORM, "code": "1049621" }] },
+            "ingredient": [{
+                "itemCodeableConcept": { "coding": [{ "system": RXNORM, "code": "7804" }] }
+            }]
+        });
+        let found =
+            find_controlled(&with_medication("Medication/oxy", clinical_drug)).expect("valid");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].schedule, Schedule::II);
+
+        let harmless = json!({
+            "resourceType": "Medication", "id": "oxy",
+            "ingredient": [{
+                "itemCodeableConcept": { "coding": [{ "system": RXNORM, "code": "1191" }] }
+            }]
+        });
+        assert!(
+            find_controlled(&with_medication("Medication/oxy", harmless))
+                .expect("valid")
+                .is_empty()
+        );
     }
 }

@@ -1,13 +1,20 @@
 //! The delivery loop of the outbox: seals each due message afresh, posts
-//! it to the recipient's `$process-message` over TLS that trusts only the
-//! recipient's CA, and marks it `delivered` on a valid signed
-//! acknowledgement. A failed attempt is retried with exponential backoff
-//! and jitter; past its give-up time the message is marked `failed` and an
-//! alert is raised.
+//! it to the recipient's `$process-message` over mutual TLS (trusting only
+//! the recipient's CA, presenting the organization's exchange client
+//! certificate), and marks it `delivered` on a valid signed
+//! acknowledgement. An attempt that transmitted the message without getting
+//! a valid acknowledgement back marks it `sent`. A failed attempt is
+//! retried with exponential backoff and jitter; past its give-up time the message is marked `failed` and an
+//! alert is raised. A `fatal-error` acknowledgement or a permanent rejection
+//! (a 4xx other than 408 and 429) marks it `failed` at once, with the
+//! recipient's reason in `lastError`, and raises the alert too.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use ward_audit::record::Outcome;
+use ward_exchange::identity::OrgClientCert;
 use ward_exchange::outbox::{self, OutboxMessage, Status};
 use ward_exchange::{TrustEntry, envelope, message, trust};
 
@@ -18,12 +25,30 @@ use crate::audit::Actor;
 /// How often the loop looks for due messages when nothing wakes it.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The maximum number of delivery attempts to one recipient at once.
+const PER_RECIPIENT: usize = 4;
+
+/// The time a delivery attempt keeps its message leased beyond the attempt
+/// timeout, for the trust lookup, the audit records and the store writes
+/// around the request.
+const LEASE_MARGIN_SECS: i64 = 60;
+
 /// The result of one delivery attempt.
 enum Attempt {
-    /// A valid acknowledgement with this response code.
-    Acknowledged(String),
-    /// The attempt failed; the reason carries no PHI.
+    /// A valid acknowledgement with this response code, and the reason
+    /// its OperationOutcome gives, if any (no PHI, see
+    /// [`message::response_reason`]).
+    Acknowledged(String, Option<String>),
+    /// The recipient returned a status that a retry does not change
+    /// (4xx other than 408 and 429). The reason carries no PHI.
+    Rejected(String),
+    /// The attempt failed before the message was transmitted (no
+    /// connection, nothing to send); the reason carries no PHI.
     Failed(String),
+    /// The message was transmitted (the request was written or the
+    /// recipient responded), but no valid acknowledgement came back. The
+    /// reason carries no PHI.
+    Unacknowledged(String),
 }
 
 /// Runs the delivery loop until `stop` is cancelled.
@@ -39,11 +64,7 @@ pub async fn run_outbox(state: AppState, stop: tokio::sync::watch::Receiver<bool
         let store = state.engine.store.clone();
         let due = tokio::task::spawn_blocking(move || outbox::due(&*store, now_secs())).await;
         match due {
-            Ok(Ok(messages)) => {
-                for message in messages {
-                    deliver_one(&state, &exchange, message).await;
-                }
-            }
+            Ok(Ok(messages)) => deliver_all(&state, &exchange, messages).await,
             Ok(Err(error)) => {
                 tracing::error!(target: "ward::exchange", %error, "reading the outbox failed");
             }
@@ -59,11 +80,61 @@ pub async fn run_outbox(state: AppState, stop: tokio::sync::watch::Receiver<bool
     tracing::info!(target: "ward::exchange", "outbox delivery stopped");
 }
 
-/// Makes one attempt for `message` and stores the new state.
+/// Delivers `messages` to every recipient at the same time. Each
+/// recipient's messages start in the order they were queued, with up to
+/// [`PER_RECIPIENT`] attempts at once, so they may be filed out of order.
+/// The receiver files each message on its own, and the outbox lists
+/// messages by their random ids, so no order was kept before either.
+async fn deliver_all(state: &AppState, exchange: &ExchangeService, messages: Vec<OutboxMessage>) {
+    let mut by_recipient: BTreeMap<String, Vec<OutboxMessage>> = BTreeMap::new();
+    for message in messages {
+        by_recipient
+            .entry(message.recipient.clone())
+            .or_default()
+            .push(message);
+    }
+    let lanes = by_recipient.into_values().map(|mut queue| async move {
+        queue.sort_by_key(|message| message.created);
+        futures_util::stream::iter(queue)
+            .for_each_concurrent(PER_RECIPIENT, |message| {
+                deliver_one(state, exchange, message)
+            })
+            .await;
+    });
+    futures_util::future::join_all(lanes).await;
+}
+
+/// Makes one attempt for `due` and stores the new state. The message is
+/// leased first (see [`outbox::lease`]), so replicas sharing the store
+/// never send it at the same time, and the outcome is stored with
+/// [`outbox::finish_attempt`], which never moves a status back.
 ///
-/// NOTE: messages are delivered one at a time, so a recipient that times
-/// out delays every message behind it by up to the attempt timeout.
-async fn deliver_one(state: &AppState, exchange: &ExchangeService, mut message: OutboxMessage) {
+/// NOTE: a pass of the loop waits for its slowest attempt, so a recipient
+/// that times out delays the messages queued meanwhile for every recipient
+/// by up to the attempt timeout.
+async fn deliver_one(state: &AppState, exchange: &ExchangeService, due: OutboxMessage) {
+    let store = state.engine.store.clone();
+    let lease_secs = i64::try_from(exchange.settings.attempt_timeout.as_secs())
+        .unwrap_or(i64::MAX)
+        .saturating_add(LEASE_MARGIN_SECS);
+    let id = due.id.clone();
+    let leased =
+        tokio::task::spawn_blocking(move || outbox::lease(&*store, &id, now_secs(), lease_secs))
+            .await;
+    let leased = match leased {
+        Ok(Ok(Some(leased))) => leased,
+        // Another replica took it, or its status changed since it was read.
+        Ok(Ok(None)) => return,
+        Ok(Err(error)) => {
+            tracing::error!(target: "ward::exchange", message_id = %due.id, %error, "leasing an outbox message failed");
+            return;
+        }
+        Err(error) => {
+            tracing::error!(target: "ward::exchange", message_id = %due.id, %error, "leasing an outbox message failed");
+            return;
+        }
+    };
+    let mut message = leased.clone();
     let store = state.engine.store.clone();
     let recipient_id = message.recipient.clone();
     let entry = tokio::task::spawn_blocking(move || trust::get(&*store, &recipient_id))
@@ -72,13 +143,19 @@ async fn deliver_one(state: &AppState, exchange: &ExchangeService, mut message: 
         .and_then(Result::ok)
         .flatten();
     let attempt = match entry {
+        // An expired entry may be renewed with a new export, so this is
+        // retried until the message gives up.
+        Some(entry) if entry.not_after <= now_secs() => Attempt::Failed(
+            ward_exchange::Error::ExpiredRecipient(entry.org_id.clone(), entry.not_after)
+                .to_string(),
+        ),
         Some(entry) => attempt(exchange, &entry, &message).await,
         None => Attempt::Failed(format!(
             "organization {} is no longer in the trust bundle",
             message.recipient
         )),
     };
-    message.attempts += 1;
+    let transmitted = matches!(attempt, Attempt::Unacknowledged(_));
     let now = now_secs();
     let actor = Actor {
         user_id: message.sender_user.clone(),
@@ -86,7 +163,7 @@ async fn deliver_one(state: &AppState, exchange: &ExchangeService, mut message: 
         ..Actor::default()
     };
     match attempt {
-        Attempt::Acknowledged(code) if code == "ok" => {
+        Attempt::Acknowledged(code, _) if code == "ok" => {
             message.status = Status::Delivered;
             message.delivered_at = Some(now);
             message.response_code = Some(code);
@@ -105,14 +182,26 @@ async fn deliver_one(state: &AppState, exchange: &ExchangeService, mut message: 
             )
             .await;
         }
-        Attempt::Acknowledged(code) => {
+        Attempt::Acknowledged(code, reason) => {
             message.status = Status::Failed;
-            message.last_error = Some(format!("the recipient answered {code}"));
+            message.last_error = Some(match reason {
+                Some(reason) => format!("the recipient answered {code}: {reason}"),
+                None => format!("the recipient answered {code}"),
+            });
             message.response_code = Some(code);
             fail(state, &actor, &message).await;
         }
-        Attempt::Failed(reason) => {
-            tracing::warn!(target: "ward::exchange", message_id = %message.id, recipient = %message.recipient, attempts = message.attempts, %reason, "delivery attempt failed");
+        Attempt::Rejected(reason) => {
+            tracing::warn!(target: "ward::exchange", message_id = %message.id, recipient = %message.recipient, attempts = message.attempts, %reason, "the recipient rejected a message; not retrying");
+            message.status = Status::Failed;
+            message.last_error = Some(reason);
+            fail(state, &actor, &message).await;
+        }
+        Attempt::Failed(reason) | Attempt::Unacknowledged(reason) => {
+            if transmitted {
+                message.status = Status::Sent;
+            }
+            tracing::warn!(target: "ward::exchange", message_id = %message.id, recipient = %message.recipient, attempts = message.attempts, transmitted, %reason, "delivery attempt failed");
             message.last_error = Some(reason);
             if now >= message.give_up_at {
                 message.status = Status::Failed;
@@ -131,8 +220,10 @@ async fn deliver_one(state: &AppState, exchange: &ExchangeService, mut message: 
         }
     }
     let store = state.engine.store.clone();
-    let saved = tokio::task::spawn_blocking(move || outbox::save(&*store, &message)).await;
-    if !matches!(saved, Ok(Ok(()))) {
+    let saved =
+        tokio::task::spawn_blocking(move || outbox::finish_attempt(&*store, &leased, &message))
+            .await;
+    if !matches!(saved, Ok(Ok(_))) {
         tracing::error!(target: "ward::exchange", "saving the outbox state failed");
     }
 }
@@ -177,7 +268,13 @@ async fn attempt(
         Ok(sealed) => sealed,
         Err(error) => return Attempt::Failed(format!("sealing failed: {error}")),
     };
-    let client = match client_for(entry, exchange.settings.attempt_timeout) {
+    let Some(client_cert) = exchange.client_cert() else {
+        return Attempt::Failed(
+            "this server has no exchange client certificate; restart `ward serve` to issue one"
+                .to_owned(),
+        );
+    };
+    let client = match client_for(entry, &client_cert, exchange.settings.attempt_timeout) {
         Ok(client) => client,
         Err(reason) => return Attempt::Failed(reason),
     };
@@ -189,12 +286,24 @@ async fn attempt(
         .await;
     let response = match response {
         Ok(response) => response,
-        Err(error) => return Attempt::Failed(format!("posting failed: {}", error_chain(&error))),
+        // A timeout on an open connection comes after the request was
+        // written, so the recipient may have filed the message.
+        Err(error) if error.is_timeout() && !error.is_connect() => {
+            return Attempt::Unacknowledged(format!("posting failed: {}", error_chain(&error)));
+        }
+        // NOTE: a connection that breaks while the request is written or
+        // read (a rejected client certificate, a reset) counts as not
+        // transmitted, although the recipient may have read the request.
+        Err(error) => {
+            return Attempt::Failed(format!("posting failed: {}", error_chain(&error)));
+        }
     };
     let status = response.status();
     let body = match response.text().await {
         Ok(body) => body,
-        Err(error) => return Attempt::Failed(format!("reading the answer failed: {error}")),
+        Err(error) => {
+            return Attempt::Unacknowledged(format!("reading the answer failed: {error}"));
+        }
     };
     if status != http::StatusCode::OK {
         let reason = serde_json::from_str::<serde_json::Value>(&body)
@@ -206,27 +315,53 @@ async fn attempt(
                     .map(str::to_owned)
             })
             .unwrap_or_default();
-        return Attempt::Failed(format!("the recipient answered {status}: {reason}"));
+        let reason = format!("the recipient answered {status}: {reason}");
+        // A 4xx other than a timeout or a rate limit comes back the same on
+        // every retry.
+        let permanent = status.is_client_error()
+            && status != http::StatusCode::REQUEST_TIMEOUT
+            && status != http::StatusCode::TOO_MANY_REQUESTS;
+        return if permanent {
+            Attempt::Rejected(reason)
+        } else {
+            Attempt::Unacknowledged(reason)
+        };
     }
     match envelope::verify_ack(&body, entry, &exchange.identity.id, &message.id, now_secs()) {
         Ok(response) => match message::response_code(&response) {
-            Some(code) => Attempt::Acknowledged(code.to_owned()),
-            None => Attempt::Failed("the acknowledgement has no response code".to_owned()),
+            Some(code) => {
+                Attempt::Acknowledged(code.to_owned(), message::response_reason(&response))
+            }
+            None => Attempt::Unacknowledged("the acknowledgement has no response code".to_owned()),
         },
-        Err(rejection) => Attempt::Failed(format!("invalid acknowledgement: {rejection}")),
+        Err(rejection) => Attempt::Unacknowledged(format!("invalid acknowledgement: {rejection}")),
     }
 }
 
-/// Builds an HTTPS client that trusts only the recipient's CA and follows
-/// no redirects.
-fn client_for(entry: &TrustEntry, timeout: Duration) -> Result<reqwest::Client, String> {
+/// Builds an HTTPS client that trusts only the recipient's CA, presents
+/// the organization's client certificate and follows no redirects. The
+/// connection (TCP and TLS) gets half of `timeout`, so a connection that
+/// never opens fails as a connect error, and the delivery loop marks the
+/// message as not transmitted.
+fn client_for(
+    entry: &TrustEntry,
+    client_cert: &OrgClientCert,
+    timeout: Duration,
+) -> Result<reqwest::Client, String> {
     let certificate = reqwest::Certificate::from_pem(entry.ca_pem.as_bytes())
         .map_err(|_| format!("the CA certificate of {} is not valid PEM", entry.org_id))?;
+    let identity =
+        reqwest::Identity::from_pem(client_cert.identity_pem().as_bytes()).map_err(|_| {
+            "the exchange client certificate does not load; restart `ward serve` to issue a new one"
+                .to_owned()
+        })?;
     reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
         .add_root_certificate(certificate)
+        .identity(identity)
         .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout / 2)
         .timeout(timeout)
         .build()
         .map_err(|error| format!("building the HTTPS client failed: {error}"))

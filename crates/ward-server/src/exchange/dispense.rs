@@ -3,8 +3,13 @@
 //! filed from a received message. The server then queues a message back to
 //! the prescribing organization. Its MessageHeader has the event
 //! `medication-dispensed` and a `focus` that names the dispense and the id
-//! of the prescription message. The Patient and the MedicationDispense
-//! follow it.
+//! of the prescription message. The Patient, the Medication a
+//! `medicationReference` names and the MedicationDispense follow it, so
+//! every reference resolves inside the message.
+//!
+//! [`queue_report_in`] queues the report in the store transaction that
+//! creates the dispense, so a dispense is never stored without its report.
+//! [`report_dispense`] audits the outcome after the commit.
 
 use std::net::IpAddr;
 
@@ -13,9 +18,13 @@ use ward_audit::record::Outcome;
 use ward_exchange::outbox::{self, OutboxMessage};
 use ward_exchange::{OrgRole, trust};
 
+use ward_auth::policy::Interaction;
+use ward_store::WriteTx;
+
 use super::roles::{EVENT_DISPENSED, EVENT_SYSTEM, MESSAGE_ID_SYSTEM, message_tag};
-use super::{audit_exchange, now_secs};
+use super::{ExchangeService, audit_exchange, now_secs};
 use crate::AppState;
+use crate::access::Caller;
 use crate::audit::Actor;
 use crate::auth::Principal;
 use crate::error::FhirError;
@@ -41,37 +50,98 @@ struct Prescription {
     message_id: String,
 }
 
-/// Queues the dispensing report of `dispense`, created by `principal`, when
-/// this server is a pharmacy and the prescription came from another
-/// organization. Failures are logged and audited: the dispense itself is
-/// already stored.
+/// The outcome of queueing the dispensing report of a new
+/// MedicationDispense.
+#[derive(Debug)]
+pub enum QueuedReport {
+    /// The report was queued with the dispense.
+    Queued {
+        /// The outbox message id.
+        message_id: String,
+        /// The prescribing organization.
+        recipient: String,
+    },
+    /// No report could be built, so the dispense is stored without one.
+    Failed {
+        /// The HTTP status of the failure.
+        status: u16,
+        /// The reason, without PHI.
+        reason: String,
+    },
+}
+
+/// Queues the dispensing report of `dispense`, created by `principal` in
+/// the transaction `tx`, in that same transaction, when this server is a
+/// pharmacy and the prescription came from another organization. Returns
+/// `None` when no report is due.
 ///
-/// NOTE: the dispense and the queued report are two writes, so a crash
-/// between them stores the dispense without a report.
+/// A report that cannot be built because of the request (the prescriber is
+/// no longer trusted, or the report is invalid R4) is returned as
+/// [`QueuedReport::Failed`], and the dispense is still stored. A server
+/// fault is returned as an error, which rolls the dispense back too.
+///
+/// # Errors
+///
+/// A store failure or another server fault.
+pub fn queue_report_in(
+    exchange: Option<&ExchangeService>,
+    engine: &crate::fhir::engine::Engine,
+    caller: &Caller<'_>,
+    principal: &Principal,
+    tx: &mut dyn WriteTx,
+    dispense: &Value,
+) -> Result<Option<QueuedReport>, FhirError> {
+    let Some(exchange) = exchange else {
+        return Ok(None);
+    };
+    if exchange.identity.role != OrgRole::Pharmacy {
+        return Ok(None);
+    }
+    let give_up = i64::try_from(exchange.settings.give_up_after.as_secs()).unwrap_or(i64::MAX);
+    let built = build_report(
+        engine,
+        caller,
+        principal,
+        tx,
+        &exchange.identity.id,
+        dispense,
+        give_up,
+    );
+    match built {
+        Ok(None) => Ok(None),
+        Ok(Some(record)) => {
+            outbox::enqueue_in(tx, &record).map_err(|error| FhirError::internal(&error))?;
+            Ok(Some(QueuedReport::Queued {
+                message_id: record.id,
+                recipient: record.recipient,
+            }))
+        }
+        Err(error) if error.status.is_server_error() => Err(error),
+        Err(error) => Ok(Some(QueuedReport::Failed {
+            status: error.status.as_u16(),
+            reason: error
+                .outcome
+                .issues
+                .first()
+                .map_or_else(String::new, |issue| issue.diagnostics.clone()),
+        })),
+    }
+}
+
+/// Audits the outcome of [`queue_report_in`] once the dispense committed,
+/// and wakes the delivery loop for a queued report.
 pub async fn report_dispense(
     state: &AppState,
     principal: &Principal,
     network: Option<IpAddr>,
-    dispense: &Value,
+    report: QueuedReport,
 ) {
-    let Some(exchange) = state.exchange.clone() else {
-        return;
-    };
-    if exchange.identity.role != OrgRole::Pharmacy {
-        return;
-    }
-    let engine = state.engine.clone();
-    let caller_principal = principal.clone();
-    let dispense = dispense.clone();
-    let our_org = exchange.identity.id.clone();
-    let give_up = i64::try_from(exchange.settings.give_up_after.as_secs()).unwrap_or(i64::MAX);
-    let queued = tokio::task::spawn_blocking(move || {
-        queue_report(&engine, &caller_principal, &our_org, &dispense, give_up)
-    })
-    .await;
     let actor = Actor::from_principal(principal, network);
-    match queued {
-        Ok(Ok(Some((message_id, recipient)))) => {
+    match report {
+        QueuedReport::Queued {
+            message_id,
+            recipient,
+        } => {
             audit_exchange(
                 state,
                 &actor,
@@ -85,16 +155,12 @@ pub async fn report_dispense(
                 ],
             )
             .await;
-            exchange.wake.notify_one();
+            if let Some(exchange) = &state.exchange {
+                exchange.wake.notify_one();
+            }
         }
-        Ok(Ok(None)) => {}
-        Ok(Err(error)) => {
-            let reason = error
-                .outcome
-                .issues
-                .first()
-                .map_or_else(String::new, |issue| issue.diagnostics.clone());
-            tracing::error!(target: "ward::exchange", status = error.status.as_u16(), %reason, "queueing a dispensing report failed");
+        QueuedReport::Failed { status, reason } => {
+            tracing::error!(target: "ward::exchange", status, %reason, "queueing a dispensing report failed");
             audit_exchange(
                 state,
                 &actor,
@@ -105,38 +171,54 @@ pub async fn report_dispense(
             )
             .await;
         }
-        Err(error) => {
-            tracing::error!(target: "ward::exchange", %error, "queueing a dispensing report failed");
-        }
     }
 }
 
-/// Builds and queues the report. Returns the message id and recipient, or
+/// Builds the outbox message of the report, reading in `tx`. Returns
 /// `None` when the dispense refers to no received prescription.
-fn queue_report(
+fn build_report(
     engine: &crate::fhir::engine::Engine,
+    caller: &Caller<'_>,
     principal: &Principal,
+    tx: &mut dyn WriteTx,
     our_org: &str,
     dispense: &Value,
     give_up: i64,
-) -> Result<Option<(String, String)>, FhirError> {
-    let caller = engine.access.caller(&*engine.store, principal)?;
-    let Some(prescription) = find_prescription(engine, &caller, dispense)? else {
+) -> Result<Option<OutboxMessage>, FhirError> {
+    let Some(prescription) = find_prescription(caller, tx, dispense)? else {
         return Ok(None);
     };
     let patient = match local_reference(dispense.pointer("/subject/reference"), "Patient") {
-        Some(id) => engine.read(&caller, "Patient", id)?.resource,
+        Some(id) => read_in(caller, tx, "Patient", id)?,
         None => None,
     };
-    let bundle = report_bundle(our_org, &prescription, patient, dispense);
+    let medication = match local_reference(
+        dispense.pointer("/medicationReference/reference"),
+        "Medication",
+    ) {
+        Some(id) => read_in(caller, tx, "Medication", id)?,
+        None => None,
+    };
+    let bundle = report_bundle(our_org, &prescription, patient, medication, dispense);
     ward_fhir::validate::validate_resource(&bundle).map_err(|outcome| {
         FhirError::with_outcome(http::StatusCode::UNPROCESSABLE_ENTITY, outcome)
+    })?;
+    // The prescriber rejects a report whose references leave the Bundle,
+    // so such a report is not queued.
+    ward_exchange::message::check_references(&bundle).map_err(|(text, path)| {
+        FhirError::with_outcome(
+            http::StatusCode::UNPROCESSABLE_ENTITY,
+            ward_fhir::outcome::OperationOutcome::single(
+                ward_fhir::outcome::OutcomeIssue::error(ward_fhir::IssueType::Invalid, text)
+                    .at(path),
+            ),
+        )
     })?;
 
     let message_id = bundle["id"].as_str().unwrap_or_default().to_owned();
     let now = now_secs();
     let record = OutboxMessage {
-        id: message_id.clone(),
+        id: message_id,
         recipient: prescription.prescriber.clone(),
         sender_user: principal.subject.clone(),
         bundle,
@@ -148,9 +230,9 @@ fn queue_report(
         last_error: None,
         response_code: None,
         delivered_at: None,
+        subject: None,
     };
-    let store = &*engine.store;
-    if trust::get(store, &record.recipient)
+    if trust::get(&*engine.store, &record.recipient)
         .map_err(|error| FhirError::internal(&error))?
         .is_none()
     {
@@ -159,15 +241,29 @@ fn queue_report(
             record.recipient
         )));
     }
-    outbox::enqueue(store, &record).map_err(|error| FhirError::internal(&error))?;
-    Ok(Some((message_id, prescription.prescriber)))
+    Ok(Some(record))
+}
+
+/// Reads a resource in `tx` with the caller's access checks.
+fn read_in(
+    caller: &Caller<'_>,
+    tx: &mut dyn WriteTx,
+    resource_type: &str,
+    id: &str,
+) -> Result<Option<Value>, FhirError> {
+    caller.require_type(resource_type, Interaction::Read)?;
+    let version = tx.read(resource_type, id)?;
+    if let Some(resource) = &version.resource {
+        caller.require_resource(Interaction::Read, resource, false)?;
+    }
+    Ok(version.resource)
 }
 
 /// Finds the first `authorizingPrescription` that was filed from a
 /// received message, read with the caller's access checks.
 fn find_prescription(
-    engine: &crate::fhir::engine::Engine,
-    caller: &crate::access::Caller<'_>,
+    caller: &Caller<'_>,
+    tx: &mut dyn WriteTx,
     dispense: &Value,
 ) -> Result<Option<Prescription>, FhirError> {
     let references = dispense
@@ -179,7 +275,7 @@ fn find_prescription(
         let Some(id) = local_reference(reference.get("reference"), "MedicationRequest") else {
             continue;
         };
-        let Some(request) = engine.read(caller, "MedicationRequest", id)?.resource else {
+        let Some(request) = read_in(caller, tx, "MedicationRequest", id)? else {
             continue;
         };
         let prescriber = request
@@ -210,6 +306,7 @@ fn report_bundle(
     our_org: &str,
     prescription: &Prescription,
     patient: Option<Value>,
+    medication: Option<Value>,
     dispense: &Value,
 ) -> Value {
     let message_id = uuid::Uuid::new_v4().to_string();
@@ -246,9 +343,20 @@ fn report_bundle(
         // metadata would only name this server's versions and tags.
         if let Some(object) = patient.as_object_mut() {
             object.remove("meta");
+            // Links name other local Patients, which the report leaves out.
+            object.remove("link");
         }
         let url = format!("urn:uuid:{}", uuid::Uuid::new_v4());
         entries.push(json!({ "fullUrl": url, "resource": patient }));
+    }
+    if let Some(mut medication) = medication {
+        // The dispense references it by `Medication/ID`, which resolves to
+        // this entry by its id.
+        if let Some(object) = medication.as_object_mut() {
+            object.remove("meta");
+        }
+        let url = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+        entries.push(json!({ "fullUrl": url, "resource": medication }));
     }
     entries.push(json!({ "fullUrl": dispense_url, "resource": dispense }));
     json!({
@@ -305,7 +413,40 @@ mod tests {
             "performer": [{ "actor": { "reference": "Practitioner/ph-1" } }],
             "authorizingPrescription": [{ "reference": "MedicationRequest/rx-1" }]
         });
-        let bundle = report_bundle("org-pharmacy", &prescription, Some(patient), &dispense);
+        let bundle = report_bundle(
+            "org-pharmacy",
+            &prescription,
+            Some(patient),
+            None,
+            &dispense,
+        );
+        ward_exchange::message::check_references(&bundle).expect("references resolve");
+
+        // A dispense of a local Medication carries it, so the reference resolves.
+        let mut by_reference = dispense.clone();
+        let object = by_reference.as_object_mut().unwrap();
+        object.remove("medicationCodeableConcept");
+        object.remove("subject");
+        object.insert(
+            "medicationReference".to_owned(),
+            json!({ "reference": "Medication/m-1" }),
+        );
+        let medication = json!({
+            "resourceType": "Medication", "id": "m-1", "meta": { "versionId": "2" },
+            "code": { "text": "Aspirin 100 mg" }
+        });
+        let without = report_bundle("org-pharmacy", &prescription, None, None, &by_reference);
+        let (_, path) = ward_exchange::message::check_references(&without).unwrap_err();
+        assert!(path.ends_with(".medicationReference.reference"), "{path}");
+        let with = report_bundle(
+            "org-pharmacy",
+            &prescription,
+            None,
+            Some(medication),
+            &by_reference,
+        );
+        ward_exchange::message::check_references(&with).expect("the Medication is carried");
+        ward_fhir::validate::validate_resource(&with).expect("valid R4");
         ward_fhir::validate::validate_resource(&bundle).expect("valid R4");
         assert_eq!(super::super::roles::dispensed_message_ids(&bundle), ["m-1"]);
         let sent = &bundle["entry"][2]["resource"];

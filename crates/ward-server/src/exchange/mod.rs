@@ -1,6 +1,7 @@
 //! Exchange of signed and encrypted FHIR messages with other
 //! organizations: the receiver (`POST /fhir/$process-message`), the sender
-//! (`POST /fhir/$send-message`, the outbox status and the delivery loop).
+//! (`POST /fhir/$send-message`, the sender's outbox list and status, and
+//! the delivery loop).
 //! The envelope, trust bundle and outbox records live in `ward-exchange`.
 //!
 //! The organization roles add to this: a pharmacy reports dispensing back
@@ -12,6 +13,7 @@
 pub mod controlled;
 mod deliver;
 mod dispense;
+pub mod peer;
 mod receive;
 pub mod roles;
 mod send;
@@ -21,15 +23,20 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use http::{StatusCode, header};
 use ward_audit::record::{Action, EventType, Outcome, Subtype};
 use ward_exchange::OrgIdentity;
 
 use crate::AppState;
 use crate::audit::Actor;
+use crate::error::FhirError;
+use ward_fhir::IssueType;
 
 pub use deliver::run_outbox;
-pub use dispense::report_dispense;
+pub use dispense::{QueuedReport, queue_report_in, report_dispense};
 
 /// The media type of a JOSE compact serialization (RFC 7515, RFC 7516).
 pub const JOSE: &str = "application/jose";
@@ -74,6 +81,8 @@ pub struct ExchangeService {
     pub settings: DeliverySettings,
     /// Wakes the delivery loop when a message is queued.
     pub wake: tokio::sync::Notify,
+    /// The TLS client certificate deliveries present (mutual TLS).
+    client_cert: std::sync::RwLock<Option<Arc<ward_exchange::identity::OrgClientCert>>>,
 }
 
 impl ExchangeService {
@@ -83,7 +92,20 @@ impl ExchangeService {
             identity,
             settings,
             wake: tokio::sync::Notify::new(),
+            client_cert: std::sync::RwLock::new(None),
         })
+    }
+
+    /// Sets the client certificate that deliveries present from now on.
+    pub fn set_client_cert(&self, cert: ward_exchange::identity::OrgClientCert) {
+        if let Ok(mut slot) = self.client_cert.write() {
+            *slot = Some(Arc::new(cert));
+        }
+    }
+
+    /// Returns the client certificate deliveries present, if one is set.
+    pub fn client_cert(&self) -> Option<Arc<ward_exchange::identity::OrgClientCert>> {
+        self.client_cert.read().ok().and_then(|slot| slot.clone())
     }
 }
 
@@ -92,13 +114,70 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route(
             "/fhir/$process-message",
-            post(receive::process_message).layer(DefaultBodyLimit::max(MAX_SEALED_BYTES)),
+            post(receive::process_message)
+                .layer(DefaultBodyLimit::max(MAX_SEALED_BYTES))
+                .layer(axum::middleware::map_response(|response| async move {
+                    too_large_outcome(response, MAX_SEALED_BYTES)
+                })),
         )
         .route(
             "/fhir/$send-message",
-            post(send::send_message).layer(DefaultBodyLimit::max(MAX_SEND_BYTES)),
+            post(send::send_message)
+                .layer(DefaultBodyLimit::max(MAX_SEND_BYTES))
+                .layer(axum::middleware::from_fn(require_fhir_json))
+                .layer(axum::middleware::map_response(|response| async move {
+                    too_large_outcome(response, MAX_SEND_BYTES)
+                })),
         )
+        .route("/exchange/outbox", get(send::outbox_list))
         .route("/exchange/outbox/{id}", get(send::outbox_status))
+}
+
+/// Replaces the plain-text 413 of the body limit with an OperationOutcome
+/// (`too-long`) that names the limit, as `/fhir` does.
+fn too_large_outcome(response: Response, limit: usize) -> Response {
+    let is_fhir = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.contains("json"));
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE || is_fhir {
+        return response;
+    }
+    FhirError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        IssueType::TooLong,
+        format!("the request body is larger than the limit of {limit} bytes for this operation"),
+    )
+    .into_response()
+}
+
+/// The media types a message Bundle may be posted as.
+const FHIR_JSON_TYPES: [&str; 3] = [
+    "application/fhir+json",
+    "application/json",
+    "application/json+fhir",
+];
+
+/// Rejects a `$send-message` whose `Content-Type` is not FHIR JSON with
+/// 415 and an OperationOutcome (FHIR R4 http.html).
+async fn require_fhir_json(request: axum::extract::Request, next: Next) -> Response {
+    let media = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .map(|value| value.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if FHIR_JSON_TYPES.contains(&media.as_str()) {
+        return next.run(request).await;
+    }
+    FhirError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        IssueType::NotSupported,
+        "the Content-Type of a message Bundle must be application/fhir+json",
+    )
+    .into_response()
 }
 
 /// Returns the current time in seconds since the Unix epoch.

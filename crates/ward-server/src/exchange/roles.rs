@@ -74,50 +74,59 @@ pub fn dispensed_message_ids(bundle: &Value) -> Vec<&str> {
         .collect()
 }
 
-/// Marks the outbox messages a filed dispensing report names as
-/// `dispensed`. Only a report from an organization trusted with the
-/// pharmacy role counts, and only for messages sent to that organization.
-pub(super) async fn after_filing(state: &AppState, actor: &Actor, opened: &Opened) {
-    let ids: Vec<String> = dispensed_message_ids(&opened.bundle)
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-    if ids.is_empty() {
-        return;
+/// Marks the outbox messages a dispensing report names as `dispensed`, in
+/// the transaction `tx` that files the report, so the marks commit with
+/// the filing. Only a report from an organization trusted with the pharmacy
+/// role counts, and only for messages sent to that organization. Returns
+/// each named message id with whether it is marked.
+///
+/// # Errors
+///
+/// A store failure, which rolls the filing back.
+pub(super) fn mark_dispensed_in(
+    tx: &mut dyn ward_store::WriteTx,
+    opened: &Opened,
+) -> Result<Vec<(String, bool)>, ward_exchange::Error> {
+    let ids = dispensed_message_ids(&opened.bundle);
+    if ids.is_empty() || opened.sender.role != OrgRole::Pharmacy {
+        return Ok(Vec::new());
     }
-    let sender = opened.sender.org_id.clone();
-    if opened.sender.role != OrgRole::Pharmacy {
-        tracing::warn!(target: "ward::exchange", sender = %sender, role = %opened.sender.role, "ignored a dispensing report from an organization not trusted as a pharmacy");
-        return;
-    }
+    let mut marked = Vec::with_capacity(ids.len());
     for id in ids {
-        let store = state.engine.store.clone();
-        let (lookup, reporter) = (id.clone(), sender.clone());
-        let marked = tokio::task::spawn_blocking(move || {
-            outbox::mark_dispensed(&*store, &lookup, &reporter)
-        })
-        .await;
-        match marked {
-            Ok(Ok(true)) => {
-                audit_exchange(
-                    state,
-                    actor,
-                    "message_dispensed",
-                    Outcome::Success,
-                    None,
-                    &[("message_id", &id), ("pharmacy", &sender)],
-                )
-                .await;
-            }
-            Ok(Ok(false)) => {
-                tracing::warn!(target: "ward::exchange", message_id = %id, sender = %sender, "a dispensing report names no message sent to that pharmacy");
-            }
-            Ok(Err(error)) => {
-                tracing::error!(target: "ward::exchange", message_id = %id, %error, "marking an outbox message dispensed failed");
-            }
-            Err(error) => {
-                tracing::error!(target: "ward::exchange", message_id = %id, %error, "marking an outbox message dispensed failed");
-            }
+        let done = outbox::mark_dispensed_in(tx, id, &opened.sender.org_id)?;
+        marked.push((id.to_owned(), done));
+    }
+    Ok(marked)
+}
+
+/// Audits the marks [`mark_dispensed_in`] made once the filing committed,
+/// and logs a dispensing report that could not count.
+pub(super) async fn after_filing(
+    state: &AppState,
+    actor: &Actor,
+    opened: &Opened,
+    marked: &[(String, bool)],
+) {
+    let sender = &opened.sender.org_id;
+    if opened.sender.role != OrgRole::Pharmacy {
+        if !dispensed_message_ids(&opened.bundle).is_empty() {
+            tracing::warn!(target: "ward::exchange", sender = %sender, role = %opened.sender.role, "ignored a dispensing report from an organization not trusted as a pharmacy");
+        }
+        return;
+    }
+    for (id, done) in marked {
+        if *done {
+            audit_exchange(
+                state,
+                actor,
+                "message_dispensed",
+                Outcome::Success,
+                None,
+                &[("message_id", id), ("pharmacy", sender)],
+            )
+            .await;
+        } else {
+            tracing::warn!(target: "ward::exchange", message_id = %id, sender = %sender, "a dispensing report names no message sent to that pharmacy");
         }
     }
 }

@@ -2,8 +2,17 @@
 //! message Bundle for a trusted organization. The message is stored
 //! `queued` in the outbox before the 202 response, whose `Content-Location`
 //! is the status URL `/exchange/outbox/ID`, readable by the sender only.
+//! An optional `subject=Patient/ID` names the sender's own record of the
+//! patient; the outbox keeps it for the sender's list and never transmits
+//! it.
+//!
+//! `GET /exchange/outbox?_count=N` lists the caller's own messages, newest
+//! first, with the status fields of the single-message route. Each entry
+//! also names the focus resource type (`ServiceRequest`,
+//! `MedicationRequest`), its summary text, the patient's name as sent and
+//! the `subject` given at sending.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
@@ -13,6 +22,7 @@ use ward_audit::record::Outcome;
 use ward_exchange::outbox::{self, OutboxMessage};
 use ward_exchange::{message, trust};
 use ward_fhir::IssueType;
+use ward_fhir::outcome::{OperationOutcome, OutcomeIssue};
 
 use super::{audit_exchange, controlled, now_secs};
 use crate::AppState;
@@ -22,6 +32,11 @@ use crate::error::FhirError;
 use crate::fhir::response::json_response;
 use crate::scopes::Permission;
 
+/// The number of messages the outbox list returns by default.
+const LIST_DEFAULT: usize = 50;
+/// The maximum number of messages the outbox list returns.
+const LIST_MAX: usize = 200;
+
 /// The roles that may send messages to other organizations.
 const SENDER_ROLES: &[&str] = &["physician", "nurse", "lab_technician"];
 
@@ -29,6 +44,26 @@ const SENDER_ROLES: &[&str] = &["physician", "nurse", "lab_technician"];
 #[derive(Debug, Deserialize)]
 pub(super) struct SendQuery {
     recipient: Option<String>,
+    subject: Option<String>,
+}
+
+/// Checks a `subject` query parameter: `Patient/ID` with a FHIR id.
+fn check_subject(subject: &str) -> Result<(), FhirError> {
+    let valid = subject.strip_prefix("Patient/").is_some_and(|id| {
+        (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(FhirError::invalid_at(
+            IssueType::Invalid,
+            "the subject query parameter must be a patient reference such as Patient/123",
+            "subject",
+        ))
+    }
 }
 
 /// Checks that the caller is a clinician allowed to send messages. A token
@@ -83,10 +118,19 @@ async fn queue(
             "recipient",
         )
     })?;
+    if let Some(subject) = &query.subject {
+        check_subject(subject)?;
+    }
     let mut bundle: Value = ward_fhir::parse_json_strict(body)
         .map_err(|outcome| FhirError::with_outcome(StatusCode::BAD_REQUEST, outcome))?;
     message::check_message_bundle(&bundle)
         .map_err(|(text, path)| FhirError::invalid_at(IssueType::Invalid, text, path))?;
+    message::check_references(&bundle).map_err(|(text, path)| {
+        FhirError::with_outcome(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            OperationOutcome::single(OutcomeIssue::error(IssueType::Invalid, text).at(path)),
+        )
+    })?;
 
     let message_id = uuid::Uuid::new_v4().to_string();
     if bundle.get("id").is_none() {
@@ -115,11 +159,19 @@ async fn queue(
         last_error: None,
         response_code: None,
         delivered_at: None,
+        subject: query.subject,
     };
     let store = state.engine.store.clone();
     let queued = tokio::task::spawn_blocking(move || {
-        if trust::get(&*store, &record.recipient)?.is_none() {
-            return Err(ward_exchange::Error::NotTrusted(record.recipient.clone()));
+        match trust::get(&*store, &record.recipient)? {
+            None => return Err(ward_exchange::Error::NotTrusted(record.recipient.clone())),
+            Some(entry) if entry.not_after <= record.created => {
+                return Err(ward_exchange::Error::ExpiredRecipient(
+                    record.recipient.clone(),
+                    entry.not_after,
+                ));
+            }
+            Some(_) => {}
         }
         outbox::enqueue(&*store, &record)
     })
@@ -131,6 +183,13 @@ async fn queue(
             return Err(FhirError::invalid_at(
                 IssueType::NotFound,
                 format!("organization {org} is not in the trust bundle; see `ward org list`"),
+                "recipient",
+            ));
+        }
+        Err(error @ ward_exchange::Error::ExpiredRecipient(..)) => {
+            return Err(FhirError::invalid_at(
+                IssueType::Security,
+                error.to_string(),
                 "recipient",
             ));
         }
@@ -149,10 +208,12 @@ async fn queue(
     exchange.wake.notify_one();
 
     let location = format!("{}/exchange/outbox/{message_id}", state.verifier.origin());
-    let mut response = json_response(
+    // The body is no FHIR resource, so it is labelled application/json.
+    let mut response = (
         StatusCode::ACCEPTED,
-        &json!({ "id": message_id, "status": "queued", "recipient": recipient }),
-    );
+        axum::Json(json!({ "id": message_id, "status": "queued", "recipient": recipient })),
+    )
+        .into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
         response
             .headers_mut()
@@ -161,20 +222,166 @@ async fn queue(
     Ok(response)
 }
 
+/// Authenticates the reader of the outbox: any valid token, bound tokens
+/// with their proof of possession, of a user who is still active.
+async fn outbox_reader(state: &AppState, parts: &Parts) -> Result<Principal, FhirError> {
+    let request = RequestAuth::from_parts(parts);
+    let principal = auth::authenticate_request(&request, &state.verifier)?;
+    crate::oauth::check_principal(state, &principal).await?;
+    Ok(principal)
+}
+
+/// Returns the status fields of `message`, as both outbox routes show them.
+fn status_json(message: &OutboxMessage) -> Value {
+    json!({
+        "id": message.id,
+        "recipient": message.recipient,
+        "status": message.status.as_str(),
+        "attempts": message.attempts,
+        "created": message.created,
+        "deliveredAt": message.delivered_at,
+        "responseCode": message.response_code,
+        "lastError": message.last_error,
+    })
+}
+
+/// Reads the `_count` parameter of the outbox list from the raw query.
+fn list_count(query: Option<&str>) -> Result<usize, FhirError> {
+    let Some(query) = query else {
+        return Ok(LIST_DEFAULT);
+    };
+    let mut count = LIST_DEFAULT;
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        if name != "_count" {
+            continue;
+        }
+        count = value
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=LIST_MAX).contains(n))
+            .ok_or_else(|| {
+                FhirError::invalid_at(
+                    IssueType::Invalid,
+                    format!("the _count parameter must be a whole number from 1 to {LIST_MAX}"),
+                    "_count",
+                )
+            })?;
+    }
+    Ok(count)
+}
+
+/// Returns the focus resource of a message Bundle: the resource of the
+/// entry whose `fullUrl` the MessageHeader's first focus names.
+fn focus_of(bundle: &Value) -> Option<&Value> {
+    let reference = bundle
+        .pointer("/entry/0/resource/focus/0/reference")
+        .and_then(Value::as_str)?;
+    bundle
+        .get("entry")?
+        .as_array()?
+        .iter()
+        .find(|entry| entry.get("fullUrl").and_then(Value::as_str) == Some(reference))
+        .and_then(|entry| entry.get("resource"))
+}
+
+/// Returns the summary text of a focus resource: the specialty of a
+/// referral, the medication of a prescription, else its code text.
+fn summary_of(focus: &Value) -> Option<&str> {
+    [
+        "/performerType/text",
+        "/medicationCodeableConcept/text",
+        "/medicationCodeableConcept/coding/0/display",
+        "/code/text",
+        "/code/coding/0/display",
+    ]
+    .iter()
+    .find_map(|pointer| focus.pointer(pointer).and_then(Value::as_str))
+}
+
+/// Returns the display name of the patient a focus resource is about, as
+/// the message carries it.
+fn patient_name_of(bundle: &Value, focus: &Value) -> Option<String> {
+    let reference = focus
+        .pointer("/subject/reference")
+        .or_else(|| focus.pointer("/patient/reference"))
+        .and_then(Value::as_str)?;
+    let patient = bundle
+        .get("entry")?
+        .as_array()?
+        .iter()
+        .find(|entry| entry.get("fullUrl").and_then(Value::as_str) == Some(reference))?
+        .get("resource")?;
+    let name = patient.pointer("/name/0")?;
+    if let Some(text) = name.get("text").and_then(Value::as_str) {
+        return Some(text.to_owned());
+    }
+    let mut parts: Vec<&str> = name
+        .get("given")
+        .and_then(Value::as_array)
+        .map(|given| given.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if let Some(family) = name.get("family").and_then(Value::as_str) {
+        parts.push(family);
+    }
+    (!parts.is_empty()).then(|| parts.join(" "))
+}
+
+/// Returns one entry of the outbox list.
+fn list_entry(message: &OutboxMessage) -> Value {
+    let mut entry = status_json(message);
+    let focus = focus_of(&message.bundle);
+    entry["focus"] = json!(
+        focus
+            .and_then(|focus| focus.get("resourceType"))
+            .and_then(Value::as_str)
+    );
+    entry["summary"] = json!(focus.and_then(summary_of));
+    entry["patient"] = json!(focus.and_then(|focus| patient_name_of(&message.bundle, focus)));
+    entry["subject"] = json!(message.subject);
+    entry
+}
+
+/// `GET /exchange/outbox`: lists the caller's own outbox messages, newest
+/// first, at most `_count` (default 50, at most 200).
+pub(super) async fn outbox_list(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    parts: Parts,
+) -> Response {
+    let principal = match outbox_reader(&state, &parts).await {
+        Ok(principal) => principal,
+        Err(error) => return error.into_response(),
+    };
+    let count = match list_count(query.as_deref()) {
+        Ok(count) => count,
+        Err(error) => return error.into_response(),
+    };
+    let store = state.engine.store.clone();
+    let sender = principal.subject.clone();
+    let listed =
+        tokio::task::spawn_blocking(move || outbox::list_for_sender(&*store, &sender, count)).await;
+    let messages = match listed {
+        Ok(Ok(messages)) => messages,
+        Ok(Err(error)) => return FhirError::internal(&error).into_response(),
+        Err(error) => return FhirError::internal(&error).into_response(),
+    };
+    let entries: Vec<Value> = messages.iter().map(list_entry).collect();
+    json_response(
+        StatusCode::OK,
+        &json!({ "total": entries.len(), "messages": entries }),
+    )
+}
+
 /// Returns the delivery status of an outbox message to the user who sent it.
 pub(super) async fn outbox_status(
     State(state): State<AppState>,
     Path(id): Path<String>,
     parts: Parts,
 ) -> Response {
-    let request = RequestAuth::from_parts(&parts);
-    let principal = match auth::authenticate_request(&request, &state.verifier) {
+    let principal = match outbox_reader(&state, &parts).await {
         Ok(principal) => principal,
         Err(error) => return error.into_response(),
     };
-    if let Err(error) = crate::oauth::check_principal(&state, &principal).await {
-        return error.into_response();
-    }
     let store = state.engine.store.clone();
     let lookup = id.clone();
     let found = tokio::task::spawn_blocking(move || outbox::get(&*store, &lookup)).await;
@@ -187,17 +394,5 @@ pub(super) async fn outbox_status(
         Ok(Err(error)) => return FhirError::internal(&error).into_response(),
         Err(error) => return FhirError::internal(&error).into_response(),
     };
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "id": message.id,
-            "recipient": message.recipient,
-            "status": message.status.as_str(),
-            "attempts": message.attempts,
-            "created": message.created,
-            "deliveredAt": message.delivered_at,
-            "responseCode": message.response_code,
-            "lastError": message.last_error,
-        }),
-    )
+    json_response(StatusCode::OK, &status_json(&message))
 }

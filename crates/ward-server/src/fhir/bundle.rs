@@ -223,6 +223,10 @@ fn rewrite_references(
     Ok(())
 }
 
+/// A step that runs in the store transaction of a transaction Bundle after
+/// its last entry, before the commit.
+pub type BeforeCommit<'a> = &'a mut dyn FnMut(&mut dyn WriteTx) -> FhirResult<()>;
+
 /// What pass one decided for a POST or PUT entry.
 #[derive(Debug, Clone)]
 enum Planned {
@@ -256,6 +260,38 @@ impl Engine {
         network: Option<std::net::IpAddr>,
         body: &Value,
         prefer: ReturnPreference,
+    ) -> FhirResult<Value> {
+        self.process_bundle_inner(principal, network, body, prefer, None)
+    }
+
+    /// Processes a transaction Bundle like [`Engine::process_bundle`] and
+    /// runs `before_commit` in its store transaction once every entry has
+    /// succeeded, so what it writes commits with the entries or not at all.
+    /// An error from `before_commit` rolls the whole transaction back.
+    pub fn process_transaction_with(
+        &self,
+        principal: &Principal,
+        body: &Value,
+        prefer: ReturnPreference,
+        before_commit: BeforeCommit<'_>,
+    ) -> FhirResult<Value> {
+        if body.get("type").and_then(Value::as_str) != Some("transaction") {
+            return Err(FhirError::invalid_at(
+                IssueType::Value,
+                "Bundle.type must be transaction here",
+                "Bundle.type",
+            ));
+        }
+        self.process_bundle_inner(principal, None, body, prefer, Some(before_commit))
+    }
+
+    fn process_bundle_inner(
+        &self,
+        principal: &Principal,
+        network: Option<std::net::IpAddr>,
+        body: &Value,
+        prefer: ReturnPreference,
+        before_commit: Option<BeforeCommit<'_>>,
     ) -> FhirResult<Value> {
         if body.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(FhirError::invalid_at(
@@ -291,7 +327,7 @@ impl Engine {
             "transaction" => {
                 let mut caller = self.access.caller(&*self.store, principal)?;
                 caller.set_network(network);
-                self.transaction(&caller, &entries, prefer)
+                self.transaction(&caller, &entries, prefer, before_commit)
             }
             "batch" => {
                 let mut caller = self.access.caller(&*self.store, principal)?;
@@ -314,6 +350,7 @@ impl Engine {
         caller: &Caller<'_>,
         entries: &[Value],
         prefer: ReturnPreference,
+        before_commit: Option<BeforeCommit<'_>>,
     ) -> FhirResult<Value> {
         let mut requests = Vec::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
@@ -378,6 +415,9 @@ impl Engine {
                     .map_err(fail)?;
                 responses[index] = Some(self.write_entry(&result, prefer));
             }
+        }
+        if let Some(before_commit) = before_commit {
+            before_commit(tx)?;
         }
         transaction.commit()?;
 

@@ -373,7 +373,9 @@ async fn create(
         .get("if-none-exist")
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim_start_matches('?').to_owned());
-    let result = run(&state, &ctx, Subtype::Create, move |engine, caller| {
+    let exchange = state.exchange.clone().filter(|_| is_dispense);
+    let principal = ctx.principal.clone();
+    let (result, report) = run(&state, &ctx, Subtype::Create, move |engine, caller| {
         let mut tx = engine.store.begin()?;
         let result = engine.create(
             tx.as_mut(),
@@ -383,15 +385,27 @@ async fn create(
             if_none_exist.as_deref(),
             None,
         )?;
+        // The dispensing report commits with the dispense or not at all.
+        let created = result.version.as_ref().and_then(|v| v.resource.as_ref());
+        let report = match (result.status, created) {
+            (StatusCode::CREATED, Some(dispense)) => crate::exchange::queue_report_in(
+                exchange.as_deref(),
+                engine,
+                caller,
+                &principal,
+                tx.as_mut(),
+                dispense,
+            )?,
+            _ => None,
+        };
         tx.commit()?;
-        Ok(result)
+        Ok((result, report))
     })
     .await?;
     // NOTE: only this route reports dispensing; a MedicationDispense
     // created in a transaction Bundle sends no report.
-    let created = result.version.as_ref().and_then(|v| v.resource.as_ref());
-    if let (true, StatusCode::CREATED, Some(dispense)) = (is_dispense, result.status, created) {
-        crate::exchange::report_dispense(&state, &ctx.principal, ctx.peer, dispense).await;
+    if let Some(report) = report {
+        crate::exchange::report_dispense(&state, &ctx.principal, ctx.peer, report).await;
     }
     write_result(&state.engine, &ctx, result)
 }

@@ -254,10 +254,40 @@ fn begin(server: &OAuthServer, headers: &HeaderMap, params: &Params) -> Response
     let (Ok(cookie_token), Ok(csrf)) = (generate_token(), generate_token()) else {
         return internal_error("generating the request cookie");
     };
-    let stage = match session_user(server, headers, now) {
-        Some(user) => Stage::Consent {
+    let prompt: Vec<&str> = params
+        .get("prompt")
+        .map(|p| p.split(' ').filter(|v| !v.is_empty()).collect())
+        .unwrap_or_default();
+    if prompt.contains(&"none") && prompt.len() > 1 {
+        return fail(
+            "invalid_request",
+            "prompt=none cannot be combined with other prompt values",
+        );
+    }
+    let max_age = match params.get("max_age").map(str::parse::<i64>) {
+        None => None,
+        Some(Ok(age)) if age >= 0 => Some(age),
+        Some(_) => {
+            return fail(
+                "invalid_request",
+                "max_age must be a whole number of seconds, 0 or more",
+            );
+        }
+    };
+    // OpenID Connect `prompt=login` and `max_age`: a sign-in session older
+    // than `max_age`, or any with `prompt=login`, is not reused, so the
+    // user enters the password and second factor again.
+    let reusable = session_of(server, headers, now).filter(|(_, session, _)| {
+        !prompt.contains(&"login")
+            && max_age.is_none_or(|age| now.unix_timestamp() - session.created < age)
+    });
+    let stage = match reusable {
+        Some((user, _, _)) => Stage::Consent {
             user_id: user.id.clone(),
         },
+        None if prompt.contains(&"none") => {
+            return fail("login_required", "the user must sign in");
+        }
         None => Stage::Login,
     };
     let pending = Pending {
@@ -323,6 +353,30 @@ fn session_user(
     headers: &HeaderMap,
     now: OffsetDateTime,
 ) -> Option<UserRecord> {
+    session_of(server, headers, now).map(|(user, _, _)| user)
+}
+
+/// Returns whether the browser device `id` was revoked or is gone.
+fn device_revoked(store: &dyn ward_store::Store, id: &str) -> bool {
+    let Ok(id) = ward_device::DeviceId::parse(id) else {
+        return true;
+    };
+    match ward_device::registry::load(store, &id) {
+        Ok(Some(device)) => device.revocation.is_some(),
+        Ok(None) => true,
+        // A store failure fails the sign-in elsewhere; it is not a revocation.
+        Err(_) => false,
+    }
+}
+
+/// Returns the user, the record and the record key of the browser's live
+/// web session, and records its use. A session that timed out, whose user
+/// is disabled or whose browser device was revoked is ended instead.
+pub(super) fn session_of(
+    server: &OAuthServer,
+    headers: &HeaderMap,
+    now: OffsetDateTime,
+) -> Option<(UserRecord, Session, String)> {
     let store = server.store.as_ref();
     let token = html::read_cookie(headers, SESSION_COOKIE)?;
     let key = digest_key(&TokenDigest::of(&token));
@@ -331,6 +385,17 @@ fn session_user(
     let idle = server.settings.session_idle.whole_seconds();
     let max = server.settings.session_max.whole_seconds();
     if now_secs - session.last_seen >= idle || now_secs - session.created >= max {
+        let _ = store.kv_delete(NS_SESSION, &key);
+        return None;
+    }
+    // NOTE: a revoked device's sign-in session ends here, at its next use,
+    // because the revoke paths (CLI and admin API) do not search sessions.
+    if session
+        .device
+        .as_deref()
+        .is_some_and(|device| device_revoked(store, device))
+    {
+        tracing::info!(target: "ward::auth", "a sign-in session of a revoked browser device was ended");
         let _ = store.kv_delete(NS_SESSION, &key);
         return None;
     }
@@ -350,7 +415,7 @@ fn session_user(
         &session,
         Some(expires.saturating_mul(1_000_000)),
     );
-    Some(user)
+    Some((user, session, key))
 }
 
 fn render_stage(server: &OAuthServer, pending: &Pending, error: Option<&str>) -> Page {
@@ -416,6 +481,9 @@ fn consent_page(pending: &Pending, user: &UserRecord, error: Option<&str>) -> Pa
         .scopes
         .iter()
         .zip(&scopes.raw)
+        // The administrative scope is granted only to security
+        // administrators (see `consent`), so only they see it listed.
+        .filter(|(_, raw)| *raw != "admin" || user.role == Role::SecurityAdmin.as_str())
         .map(|(scope, raw)| {
             format!(
                 "<li>{} <small>({})</small></li>",
@@ -483,6 +551,9 @@ fn describe(scope: &Scope) -> String {
                 text.push_str(&format!(", limited to {restriction}"));
             }
             text
+        }
+        Scope::Other(name) if name == "admin" => {
+            "Administer users, devices and the audit log".into()
         }
         Scope::Other(name) => format!("Use the '{name}' permission"),
     }
@@ -731,7 +802,7 @@ fn check_second_factor(
 
 fn second_factor(
     server: &OAuthServer,
-    _: &HeaderMap,
+    headers: &HeaderMap,
     source: &str,
     params: &Params,
     key: String,
@@ -783,7 +854,7 @@ fn second_factor(
     }
     let _ = store.kv_delete(NS_THROTTLE_ACCOUNT, &account_key);
     let _ = store.kv_delete(NS_THROTTLE_PAIR, &pair_key(store, &user.username, source));
-    open_session(server, &key, pending, &user, now)
+    open_session(server, headers, &key, pending, &user, now)
 }
 
 /// Opens a web session for a user who passed the second factor (a TOTP
@@ -791,12 +862,19 @@ fn second_factor(
 /// consent and shows the consent page.
 fn open_session(
     server: &OAuthServer,
+    headers: &HeaderMap,
     key: &str,
     mut pending: Pending,
     user: &UserRecord,
     now: OffsetDateTime,
 ) -> Response {
     let store = server.store.as_ref();
+    // The new session replaces the one the browser held before (kept
+    // when `prompt=login` asked for the password again), so the old
+    // cookie, wherever a copy of it went, signs in no more.
+    if let Some(old) = html::read_cookie(headers, SESSION_COOKIE) {
+        let _ = identity::end_session(store, &digest_key(&TokenDigest::of(&old)));
+    }
     let Ok(session_token) = generate_token() else {
         return internal_error("generating the session");
     };
@@ -805,6 +883,7 @@ fn open_session(
         user_id: user.id.clone(),
         created: now_secs,
         last_seen: now_secs,
+        device: None,
     };
     let idle = server.settings.session_idle.whole_seconds();
     let max = server.settings.session_max.whole_seconds();

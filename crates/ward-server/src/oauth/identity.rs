@@ -229,6 +229,8 @@ pub struct Enrollment {
     pub recovery_codes: Vec<Zeroizing<String>>,
     /// Passkeys removed by a reset.
     pub passkeys_removed: usize,
+    /// Sessions and refresh token families a reset ended.
+    pub ended: Revoked,
 }
 
 fn check_username(username: &str) -> IdentityResult<()> {
@@ -285,6 +287,7 @@ fn enroll(
         uri,
         recovery_codes: codes.codes,
         passkeys_removed: 0,
+        ended: Revoked::default(),
     };
     Ok((enrollment, encoded.to_string(), codes.hashes))
 }
@@ -389,7 +392,8 @@ fn require_user(store: &dyn Store, username: &str) -> IdentityResult<UserRecord>
     find_user(store, username)?.ok_or_else(|| IdentityError::NotFound("the user".into()))
 }
 
-/// Counts of what disabling a user revoked.
+/// Counts of what disabling a user, or resetting their second factor,
+/// revoked.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Revoked {
     /// Web sessions ended.
@@ -409,6 +413,17 @@ pub fn disable_user(store: &dyn Store, username: &str) -> IdentityResult<Revoked
     let mut user = require_user(store, username)?;
     user.disabled = true;
     save_user(store, &user)?;
+    end_sessions(store, &user)
+}
+
+/// Ends a user's sign-in sessions and revokes their refresh token families
+/// with the access tokens issued from them, as after a disable or a
+/// second-factor reset.
+///
+/// # Errors
+///
+/// A store failure.
+pub fn end_sessions(store: &dyn Store, user: &UserRecord) -> IdentityResult<Revoked> {
     let mut revoked = Revoked::default();
     for (key, bytes) in store.kv_list(NS_SESSION, "")? {
         let owner = serde_json::from_slice::<Session>(&bytes).map(|s| s.user_id);
@@ -445,6 +460,9 @@ pub fn reset_mfa(store: &dyn Store, username: &str, issuer: &str) -> IdentityRes
     }
     enrollment.user_id = user.id.clone();
     enrollment.passkeys_removed = removed.len();
+    // As after a disable, the sessions and tokens opened with the old
+    // factor end.
+    enrollment.ended = end_sessions(store, &user)?;
     Ok(enrollment)
 }
 
@@ -493,6 +511,47 @@ pub struct Session {
     pub created: i64,
     /// Last use, seconds since the Unix epoch.
     pub last_seen: i64,
+    /// The enrolled browser device this session was used from, once the
+    /// web app bound a session to that device's key: revoking the device
+    /// ends this session too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+/// Ends the sign-in session stored under `key` (the digest of its
+/// cookie). Returns whether a session was there.
+///
+/// # Errors
+///
+/// A store failure.
+pub fn end_session(store: &dyn Store, key: &str) -> IdentityResult<bool> {
+    Ok(store.kv_delete(NS_SESSION, key)?)
+}
+
+/// Records that the sign-in session under `key` was used from the
+/// browser device `device`, so that revoking the device ends it.
+///
+/// # Errors
+///
+/// A store failure.
+pub fn mark_session_device(
+    store: &dyn Store,
+    key: &str,
+    device: &str,
+    (idle_secs, max_secs): (i64, i64),
+) -> IdentityResult<()> {
+    let Some(mut session) = read::<Session>(store, NS_SESSION, key)? else {
+        return Ok(());
+    };
+    session.device = Some(device.to_owned());
+    let expires = (session.last_seen + idle_secs).min(session.created.saturating_add(max_secs));
+    write(
+        store,
+        NS_SESSION,
+        key,
+        &session,
+        Some(expires.saturating_mul(1_000_000)),
+    )
 }
 
 /// A refresh token family and what its access tokens carry.

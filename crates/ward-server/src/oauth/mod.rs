@@ -19,6 +19,8 @@ pub mod identity;
 mod logout;
 mod token;
 
+pub use token::WebAppDevice;
+
 use std::sync::Arc;
 
 use axum::Router;
@@ -38,6 +40,8 @@ use crate::error::FhirError;
 
 /// Default idle timeout of a web session.
 pub const DEFAULT_SESSION_IDLE: Duration = Duration::minutes(15);
+/// Default time without use after which the web app locks.
+pub const DEFAULT_APP_LOCK: Duration = Duration::minutes(5);
 /// Default absolute timeout of a web session.
 pub const DEFAULT_SESSION_MAX: Duration = Duration::hours(12);
 /// Default access token lifetime, in seconds.
@@ -56,6 +60,9 @@ pub struct OAuthSettings {
     pub session_idle: Duration,
     /// A web session ends this long after sign-in, whatever its use.
     pub session_max: Duration,
+    /// The web app locks (PIN or passkey to unlock) after this long
+    /// without use; `session_idle` later it signs out.
+    pub app_lock: Duration,
     /// Access token lifetime, in seconds.
     pub access_ttl_secs: i64,
     /// Lifetime of an `offline_access` refresh token family.
@@ -71,6 +78,7 @@ impl OAuthSettings {
             fhir_base: fhir_base.to_owned(),
             session_idle: DEFAULT_SESSION_IDLE,
             session_max: DEFAULT_SESSION_MAX,
+            app_lock: DEFAULT_APP_LOCK,
             access_ttl_secs: DEFAULT_ACCESS_TTL_SECS,
             offline_lifetime: Duration::days(90),
         }
@@ -80,6 +88,13 @@ impl OAuthSettings {
     pub fn with_session_timeouts(mut self, idle_secs: i64, max_secs: i64) -> Self {
         self.session_idle = Duration::seconds(idle_secs);
         self.session_max = Duration::seconds(max_secs);
+        self
+    }
+
+    /// Sets how long the web app waits without use before it locks, in
+    /// seconds.
+    pub fn with_app_lock(mut self, secs: i64) -> Self {
+        self.app_lock = Duration::seconds(secs);
         self
     }
 
@@ -203,6 +218,7 @@ impl OAuthServer {
             "id_token_signing_alg_values_supported": ["ES256"],
             "scopes_supported": ["openid", "fhirUser", "profile"],
             "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nonce", "fhirUser"],
+            "prompt_values_supported": ["none", "login"],
             "code_challenge_methods_supported": ["S256"],
             "tls_client_certificate_bound_access_tokens": true,
             "dpop_signing_alg_values_supported": ward_auth::dpop::SUPPORTED_ALGORITHMS,

@@ -1,6 +1,17 @@
 //! The token endpoint (authorization code, refresh token and SMART Backend
 //! Services client credentials), client authentication, token
 //! introspection (RFC 7662) and revocation (RFC 7009).
+//!
+//! A token names the device it was issued to (the `device` claim), so the
+//! device gate checks that device on every request and the audit record of
+//! each read names it. A phone is named by its mutual-TLS certificate. A
+//! browser enrolled through the web app has no certificate: the web app
+//! requests its tokens in-process, and when its session is bound to a
+//! browser device it attaches a [`WebAppDevice`] request extension naming
+//! that device. An extension, unlike a header, cannot be set by a client
+//! over the network. It is honoured only for the built-in web client, only
+//! for an active device enrolled as a browser, and only when that device
+//! belongs to the user the token is for.
 
 use std::sync::Arc;
 
@@ -32,6 +43,12 @@ use crate::auth::{
     AccessClaims, Confirmation, DPOP_HEADER, Grant, Principal, authenticate, single_dpop_proof,
 };
 use crate::tls::ClientCertificate;
+
+/// A request extension set by the web app's in-process token requests when
+/// the web session is bound to an enrolled browser: the device id to name
+/// in the issued access token.
+#[derive(Debug, Clone)]
+pub struct WebAppDevice(pub String);
 
 /// Largest token request body accepted.
 const MAX_FORM_BYTES: usize = 64 * 1024;
@@ -129,6 +146,8 @@ struct FormRequest {
     headers: HeaderMap,
     /// The client certificate of the TLS connection, if one was presented.
     client_certificate: Option<ClientCertificate>,
+    /// The browser device the web app named in-process, if any.
+    web_device: Option<String>,
 }
 
 async fn form_handler(
@@ -163,6 +182,7 @@ async fn form_handler(
     };
     let form = FormRequest {
         client_certificate: parts.extensions.get::<ClientCertificate>().cloned(),
+        web_device: parts.extensions.get::<WebAppDevice>().map(|d| d.0.clone()),
         headers: parts.headers,
     };
     let mut response = blocking(move || {
@@ -275,7 +295,7 @@ fn issue_token(
     let grant_type = params.get("grant_type").unwrap_or("");
     let client = authenticate_client(server, &form.headers, params, now)?;
     *client_id = Some(client.client.client_id.clone());
-    let binding = Binding::of_request(server, form, now)?;
+    let binding = Binding::of_request(server, form, &client, now)?;
     let body = match grant_type {
         "authorization_code" => exchange_code(server, &client, params, &binding, now)?,
         "refresh_token" => refresh(server, &client, params, &binding, now)?,
@@ -292,8 +312,11 @@ fn issue_token(
 }
 
 /// Rejects a token request from a device that is unknown or revoked, and
-/// returns the id of the user the device was enrolled for.
-fn check_device_active(server: &OAuthServer, device: &str) -> OAuthResult<String> {
+/// returns the device's record.
+fn check_device_active(
+    server: &OAuthServer,
+    device: &str,
+) -> OAuthResult<ward_device::DeviceRecord> {
     let revoked = |owner: Option<String>| {
         let description = format!("device {device} is revoked or not enrolled; enroll it again");
         let mut error = OAuthError::new("invalid_grant", description);
@@ -306,7 +329,7 @@ fn check_device_active(server: &OAuthServer, device: &str) -> OAuthResult<String
     };
     let id = ward_device::DeviceId::parse(device).map_err(|_| revoked(None))?;
     match ward_device::registry::load(server.store.as_ref(), &id) {
-        Ok(Some(device)) if device.revocation.is_none() => Ok(device.record.user_id),
+        Ok(Some(device)) if device.revocation.is_none() => Ok(device.record),
         Ok(Some(device)) => Err(revoked(Some(device.record.user_id))),
         Ok(None) => Err(revoked(None)),
         Err(error) => {
@@ -338,6 +361,7 @@ impl Binding {
     fn of_request(
         server: &OAuthServer,
         form: &FormRequest,
+        client: &ClientRecord,
         now: OffsetDateTime,
     ) -> OAuthResult<Self> {
         let mut binding = Self::default();
@@ -349,7 +373,36 @@ impl Binding {
             binding.device = certificate.device_id();
         }
         if let Some(device) = &binding.device {
-            binding.device_owner = Some(check_device_active(server, device)?);
+            binding.device_owner = Some(check_device_active(server, device)?.user_id);
+        } else if let Some(device) = &form.web_device {
+            // Only the web app sets the extension, and only for its own
+            // client; anything else is a bug, not a client's request.
+            if client.client.client_id != crate::webapp::WEB_CLIENT_ID {
+                tracing::error!(target: "ward::auth", client = %client.client.client_id, "a browser device was named for a client other than the web app");
+                return Err(OAuthError::new(
+                    "invalid_request",
+                    "a browser device can only be named for the built-in web app",
+                ));
+            }
+            let record = check_device_active(server, device)?;
+            if record.kind != ward_device::DeviceKind::Browser {
+                tracing::warn!(target: "ward::auth", device = %device, kind = record.kind.as_str(), "the web app named a device that was not enrolled as a browser");
+                return Err(OAuthError::new(
+                    "invalid_grant",
+                    format!(
+                        "device {device} was not enrolled as a browser; enroll this browser \
+                         from the web app's security page"
+                    ),
+                ));
+            }
+            // `user_tokens` refuses the token when this owner is not the
+            // token's user.
+            // NOTE: the refresh token family does not record the device, so
+            // a refresh without the extension would get a token without it.
+            // Only the web app keeps these refresh tokens (server-side, in
+            // its session), and it always names the session's device.
+            binding.device = Some(device.clone());
+            binding.device_owner = Some(record.user_id);
         }
         if !form.headers.contains_key(DPOP_HEADER) {
             return Ok(binding);

@@ -10,6 +10,8 @@ const SCRIPT: &str = include_str!("assets/app.js");
 const ICON: &str = include_str!("assets/icon.svg");
 const MANIFEST: &str = include_str!("assets/manifest.webmanifest");
 const SERVICE_WORKER: &str = include_str!("assets/sw.js");
+const ENROLL_SCRIPT: &str = include_str!("assets/enroll.js");
+const DEVICE_KEY_SCRIPT: &str = include_str!("assets/dpop.js");
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
     let mut response = (StatusCode::OK, body).into_response();
@@ -34,6 +36,17 @@ pub async fn script() -> Response {
     asset(SCRIPT, "text/javascript; charset=utf-8")
 }
 
+/// Serves `/app/static/enroll.js`, the browser device enrollment.
+pub async fn enroll_script() -> Response {
+    asset(ENROLL_SCRIPT, "text/javascript; charset=utf-8")
+}
+
+/// Serves `/app/static/dpop.js`, the device key store and DPoP proofs that
+/// the enrollment page and the service worker share.
+pub async fn device_key_script() -> Response {
+    asset(DEVICE_KEY_SCRIPT, "text/javascript; charset=utf-8")
+}
+
 /// Serves `/app/static/icon.svg`.
 pub async fn icon() -> Response {
     asset(ICON, "image/svg+xml")
@@ -44,11 +57,12 @@ pub async fn manifest() -> Response {
     asset(MANIFEST, "application/manifest+json")
 }
 
-/// Serves the service worker from `/app/` so that its scope is the app.
+/// Serves the service worker with the allowed scope `/app`, so that it also
+/// handles requests for `/app` itself (the patient list), not only `/app/...`.
 pub async fn service_worker() -> Response {
     let mut response = asset(SERVICE_WORKER, "text/javascript; charset=utf-8");
     response
         .headers_mut()
-        .insert("service-worker-allowed", HeaderValue::from_static("/app/"));
+        .insert("service-worker-allowed", HeaderValue::from_static("/app"));
     response
 }

@@ -1,5 +1,6 @@
-//! In-process requests to this server's own FHIR and OAuth routes. The
-//! web app never reads the store for clinical data itself: it sends the
+//! In-process requests to this server's own FHIR, OAuth, audit, device
+//! admin and exchange (`$send-message`, outbox status) routes. The web
+//! app never reads the store for clinical data itself: it sends the
 //! user's access token to the FHIR routes, which authenticate it, check
 //! scopes and the access policy, and write the audit record as for any
 //! client.
@@ -83,8 +84,24 @@ impl<'a> Call<'a> {
 /// Sends `call` to the FHIR and OAuth routes of this server, as if it came
 /// from `peer`.
 pub async fn send(state: &AppState, peer: Option<SocketAddr>, call: Call<'_>) -> Reply {
+    send_for_device(state, peer, call, None).await
+}
+
+/// Sends `call` as [`send`] does, with `device` as a request extension.
+/// A token request of a session bound to a browser device sets it, so the
+/// token endpoint names that device in the access token (see
+/// `oauth::WebAppDevice`).
+pub async fn send_for_device(
+    state: &AppState,
+    peer: Option<SocketAddr>,
+    call: Call<'_>,
+    device: Option<&str>,
+) -> Reply {
     let router = crate::fhir::routes::router()
         .merge(crate::oauth::router())
+        .merge(crate::audit::routes::router())
+        .merge(crate::device::router())
+        .merge(crate::exchange::router())
         .with_state(state.clone());
     let (bytes, content_type) = call.body.unwrap_or((Vec::new(), ""));
     let mut request = Request::new(Body::from(bytes));
@@ -112,6 +129,11 @@ pub async fn send(state: &AppState, peer: Option<SocketAddr>, call: Call<'_>) ->
     }
     if let Some(peer) = peer {
         request.extensions_mut().insert(ConnectInfo(peer));
+    }
+    if let Some(device) = device {
+        request
+            .extensions_mut()
+            .insert(crate::oauth::WebAppDevice(device.to_owned()));
     }
     let response: Response = match router.oneshot(request).await {
         Ok(response) => response,

@@ -11,11 +11,19 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 connect-src 'self'; manifest-src 'self'; worker-src 'self'; form-action 'self'; \
 frame-ancestors 'none'; base-uri 'none'";
 
-/// Builds the `<meta http-equiv="refresh">` that sends an open page to
-/// `/app/timeout` after `idle_secs`, so an unattended screen stops showing
-/// PHI. The server ends the session after the same idle time.
-pub fn idle_refresh(idle_secs: i64) -> String {
-    format!("<meta http-equiv=\"refresh\" content=\"{idle_secs};url=/app/timeout\">")
+/// Builds the `<meta http-equiv="refresh">` that, when script is off,
+/// sends an open page to the lock page after `lock_secs` (or, when the
+/// session signs out before it would lock, to `/app/timeout` after
+/// `signout_secs`), so an unattended screen stops showing PHI. With
+/// script, `app.js` locks the page in place and keeps what the user typed.
+/// The server locks and ends the session after the same times.
+pub fn idle_refresh(lock_secs: i64, signout_secs: i64) -> String {
+    let (secs, target) = if lock_secs < signout_secs {
+        (lock_secs, "/app/lock")
+    } else {
+        (signout_secs, "/app/timeout")
+    };
+    format!("<noscript><meta http-equiv=\"refresh\" content=\"{secs};url={target}\"></noscript>")
 }
 
 /// Escapes text for HTML element content and quoted attribute values.
@@ -56,23 +64,86 @@ pub fn read_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter(|value| !value.is_empty() && value.len() <= 128)
 }
 
+/// Returns the rejection of a form POST that a browser marks as coming
+/// from another site (`Sec-Fetch-Site`, or an `Origin` naming another
+/// host) or that is not URL-encoded. The CSRF token and the
+/// `SameSite=Strict` cookie already stop cross-site forms, and this is the
+/// second layer the OWASP CSRF prevention cheat sheet recommends.
+pub fn form_refusal(headers: &HeaderMap) -> Option<Response> {
+    if !same_origin(headers) {
+        return Some(error_page(
+            StatusCode::FORBIDDEN,
+            "This form was sent from another site. Open the app and submit it there.",
+        ));
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Some(error_page(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "The form must be sent as application/x-www-form-urlencoded.",
+        ));
+    }
+    None
+}
+
+/// Returns whether the request's fetch metadata and `Origin` allow a state
+/// change. Browsers that send `Sec-Fetch-Site` are judged by it alone (`same-origin`
+/// or `none`), since under `Referrer-Policy: no-referrer` their forms carry
+/// `Origin: null`. Otherwise an `Origin` other than `null` must name the host
+/// the request was sent to.
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site") {
+        return matches!(site, "same-origin" | "none");
+    }
+    match text("origin") {
+        None | Some("null") => true,
+        Some(origin) => {
+            let host = text("host").unwrap_or("");
+            url::Url::parse(origin)
+                .ok()
+                .filter(|url| url.scheme() == "https")
+                .and_then(|url| {
+                    url.host_str().map(|name| match url.port() {
+                        Some(port) => format!("{name}:{port}"),
+                        None => name.to_owned(),
+                    })
+                })
+                .is_some_and(|authority| !host.is_empty() && authority.eq_ignore_ascii_case(host))
+        }
+    }
+}
+
 /// The largest form body the web app accepts.
 const MAX_FORM_BYTES: usize = 16 * 1024;
 
 /// A URL-encoded form body of string fields, decoded into `T` (first
-/// value of a name wins).
-pub struct WebForm<T>(pub T);
+/// value of a name wins), of at most `LIMIT` bytes. The request must pass
+/// [`form_refusal`].
+pub struct WebForm<T, const LIMIT: usize = MAX_FORM_BYTES>(pub T);
 
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for WebForm<T> {
+impl<S: Send + Sync, T: serde::de::DeserializeOwned, const LIMIT: usize>
+    axum::extract::FromRequest<S> for WebForm<T, LIMIT>
+{
     type Rejection = Response;
 
     async fn from_request(request: axum::extract::Request, _state: &S) -> Result<Self, Response> {
-        let bytes = axum::body::to_bytes(request.into_body(), MAX_FORM_BYTES)
+        if let Some(refusal) = form_refusal(request.headers()) {
+            return Err(refusal);
+        }
+        let bytes = axum::body::to_bytes(request.into_body(), LIMIT)
             .await
             .map_err(|_| {
                 error_page(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "The form is too large to be accepted.",
+                    &format!(
+                        "The form is too large to be accepted: at most {} KB.",
+                        LIMIT / 1024
+                    ),
                 )
             })?;
         let mut fields = serde_json::Map::new();
@@ -92,6 +163,14 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
     }
 }
 
+/// Marks every form of a page `autocomplete="off"`. Besides turning off
+/// autofill, this keeps Chromium from saving what was typed into the
+/// form's fields in its session-restore files on disk, where `no-store`
+/// does not reach.
+fn without_form_restore(body: &str) -> String {
+    body.replace("<form ", "<form autocomplete=\"off\" ")
+}
+
 /// A web app page. The title is generic, never PHI, because browsers show
 /// it in tab lists and history.
 pub struct AppPage {
@@ -106,8 +185,13 @@ pub struct AppPage {
 pub struct SignedIn {
     /// The session's CSRF token, for the sign-out form.
     pub csrf: String,
-    /// The idle timeout, in seconds.
+    /// Seconds without use after which the page locks.
     pub idle_secs: i64,
+    /// Seconds without use after which the session signs out.
+    pub signout_secs: i64,
+    /// Whether the user is a security administrator: the bar then leads
+    /// to the administration screens instead of "My patients".
+    pub admin: bool,
 }
 
 impl AppPage {
@@ -132,12 +216,20 @@ impl IntoResponse for AppPage {
     fn into_response(self) -> Response {
         let (refresh, bar) = match &self.signed_in {
             Some(signed_in) => (
-                idle_refresh(signed_in.idle_secs),
+                idle_refresh(signed_in.idle_secs, signed_in.signout_secs),
                 format!(
-                    "<header class=\"bar\"><a class=\"home\" href=\"/app\">My patients</a>\
+                    "<header class=\"bar\" data-lock-secs=\"{lock}\" data-signout-secs=\"{signout}\">{home}\
+                     <a class=\"bar-link\" href=\"/app/security\">Security</a>\
                      <form method=\"post\" action=\"/app/signout\">{}\
                      <button type=\"submit\" class=\"secondary\">Sign out</button></form></header>",
-                    hidden("csrf", &signed_in.csrf)
+                    hidden("csrf", &signed_in.csrf),
+                    lock = signed_in.idle_secs,
+                    signout = signed_in.signout_secs,
+                    home = if signed_in.admin {
+                        "<a class=\"home\" href=\"/app/admin\">Admin</a>"
+                    } else {
+                        "<a class=\"home\" href=\"/app\">My patients</a>"
+                    },
                 ),
             ),
             None => (String::new(), String::new()),
@@ -151,9 +243,10 @@ impl IntoResponse for AppPage {
              <link rel=\"manifest\" href=\"/app/manifest.webmanifest\">\
              <link rel=\"icon\" href=\"/app/static/icon.svg\" type=\"image/svg+xml\">\
              <script src=\"/app/static/app.js\" defer></script></head>\
-             <body>{bar}<main id=\"main\">\n{body}\n</main></body></html>\n",
+             <body><a class=\"skip\" href=\"#main\">Skip to main content</a>{bar}\
+             <main id=\"main\" tabindex=\"-1\">\n{body}\n</main></body></html>\n",
             title = escape(self.title),
-            body = self.body,
+            body = without_form_restore(&self.body),
         );
         let mut response = (self.status, html).into_response();
         let headers = response.headers_mut();
@@ -214,11 +307,82 @@ pub fn error_page(status: StatusCode, message: &str) -> Response {
 mod tests {
     use super::*;
 
+    fn form_headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        headers.insert(
+            header::HOST,
+            http::HeaderValue::from_static("ward.test:8443"),
+        );
+        for (name, value) in pairs {
+            headers.insert(*name, value.parse().expect("header value"));
+        }
+        headers
+    }
+
+    #[test]
+    fn page_forms_are_not_restored() {
+        let body = without_form_restore("<form method=\"post\"><input name=\"q\"></form>");
+        assert_eq!(
+            body,
+            "<form autocomplete=\"off\" method=\"post\"><input name=\"q\"></form>"
+        );
+    }
+
+    #[test]
+    fn forms_from_other_sites_are_refused() {
+        let allowed = [
+            vec![],
+            vec![("origin", "https://ward.test:8443")],
+            vec![("sec-fetch-site", "same-origin")],
+            vec![("sec-fetch-site", "none")],
+            vec![("sec-fetch-site", "same-origin"), ("origin", "null")],
+            vec![("origin", "null")],
+        ];
+        for pairs in allowed {
+            assert!(form_refusal(&form_headers(&pairs)).is_none(), "{pairs:?}");
+        }
+        let refused = [
+            vec![("origin", "https://evil.example")],
+            vec![("origin", "https://ward.test:9443")],
+            vec![("origin", "http://ward.test:8443")],
+            vec![("sec-fetch-site", "cross-site"), ("origin", "null")],
+            vec![("sec-fetch-site", "cross-site")],
+            vec![("sec-fetch-site", "same-site")],
+        ];
+        for pairs in refused {
+            let response = form_refusal(&form_headers(&pairs)).expect("refused");
+            assert_eq!(response.status(), StatusCode::FORBIDDEN, "{pairs:?}");
+        }
+        let mut plain = form_headers(&[]);
+        plain.insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+        let response = form_refusal(&plain).expect("text/plain refused");
+        assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+
     #[test]
     fn escape_covers_markup() {
         assert_eq!(
             escape("<a b=\"c\">'&'"),
             "&lt;a b=&quot;c&quot;&gt;&#39;&amp;&#39;"
+        );
+    }
+
+    #[test]
+    fn idle_refresh_locks_before_sign_out() {
+        let lock_first = idle_refresh(300, 900);
+        assert!(lock_first.starts_with("<noscript>"), "{lock_first}");
+        assert!(lock_first.contains("300;url=/app/lock"), "{lock_first}");
+        let sign_out_first = idle_refresh(900, 600);
+        assert!(
+            sign_out_first.contains("600;url=/app/timeout"),
+            "{sign_out_first}"
         );
     }
 

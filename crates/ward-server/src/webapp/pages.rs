@@ -1,15 +1,16 @@
-//! The signed-in pages: "My patients" with search, the chart summary and
-//! the vitals form. Patients are named in URLs only by an opaque handle
-//! of the session, and searches are POSTed, so no PHI reaches a URL, the
-//! history or a page title.
+//! The signed-in pages: "My patients" with search and the vitals form.
+//! The chart itself is in [`super::chart`]. Patients are named in URLs
+//! only by an opaque handle of the session, and searches are POSTed, so
+//! no PHI reaches a URL, the history or a page title.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::call::{self, Call, resources};
+use super::document::{Problem, error_summary_with_lead, invalid, select};
 use super::html::{AppPage, WebForm, error_page, escape, hidden, see_other};
 use super::signin::{self, Active, PeerAddr};
 use super::vitals::{FieldError, VitalsForm};
@@ -40,12 +41,17 @@ pub async fn patients(
         Ok(active) => active,
         Err(response) => return response,
     };
+    // Administrators have no patients; their start page is the admin one.
+    if active.admin {
+        return see_other("/app/admin", &[]);
+    }
     let uri = format!("/fhir/Patient?_count={LIST_LIMIT}");
     list_page(&state, peer, &mut active, &uri, "").await
 }
 
-/// `POST /app/search`: searches by name, birth date (`YYYY-MM-DD`) or
-/// identifier.
+/// `POST /app/search`: checks a search by name, birth date
+/// (`YYYY-MM-DD`) or identifier, keeps it in the session and redirects to
+/// [`search_results`].
 pub async fn search(
     State(state): State<AppState>,
     PeerAddr(peer): PeerAddr,
@@ -69,13 +75,89 @@ pub async fn search(
             "The search text is too long; use at most 100 characters.",
         );
     }
-    let (parameter, value) = classify(text);
-    let query = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair(parameter, value)
-        .append_pair("_count", &LIST_LIMIT.to_string())
-        .finish();
+    if let Err(message) = search_query(text) {
+        return error_page(StatusCode::BAD_REQUEST, &message);
+    }
+    active.session.search = Some(text.to_owned());
+    if let Err(response) = active.save(&state).await {
+        return response;
+    }
+    see_other("/app/search", &[])
+}
+
+/// `GET /app/search`: the results of the search the last `POST
+/// /app/search` of this session set (post, redirect, get: the browser's
+/// history and session-restore files then hold no search text).
+pub async fn search_results(
+    State(state): State<AppState>,
+    PeerAddr(peer): PeerAddr,
+    headers: HeaderMap,
+) -> Response {
+    let mut active = match signin::require(&state, peer, &headers).await {
+        Ok(active) => active,
+        Err(response) => return response,
+    };
+    let Some(text) = active.session.search.clone() else {
+        return see_other("/app", &[]);
+    };
+    let query = match search_query(&text) {
+        Ok(query) => query,
+        Err(message) => return error_page(StatusCode::BAD_REQUEST, &message),
+    };
     let uri = format!("/fhir/Patient?{query}");
-    list_page(&state, peer, &mut active, &uri, text).await
+    list_page(&state, peer, &mut active, &uri, &text).await
+}
+
+/// Builds the FHIR Patient search for what the user typed. A name of
+/// several words ("Alberto Atencio", "Atencio, Alberto") becomes one
+/// `name` parameter per word, which FHIR combines with AND.
+///
+/// # Errors
+///
+/// A message for the page when the text looks like a date that does not
+/// exist (`1993-02-30`).
+fn search_query(text: &str) -> Result<String, String> {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    let (parameter, value) = classify(text);
+    match parameter {
+        "birthdate" if !is_real_date(value) => {
+            return Err(format!(
+                "{value} is not a valid date. Enter a birth date as YYYY-MM-DD, for example 1993-02-28."
+            ));
+        }
+        "name" => {
+            for word in value
+                .split(|c: char| c.is_whitespace() || c == ',')
+                .filter(|word| !word.is_empty())
+            {
+                query.append_pair("name", word);
+            }
+        }
+        _ => {
+            query.append_pair(parameter, value);
+        }
+    }
+    query.append_pair("_count", &LIST_LIMIT.to_string());
+    Ok(query.finish())
+}
+
+/// Checks that a `YYYY-MM-DD` text names a day of the calendar.
+fn is_real_date(text: &str) -> bool {
+    let mut parts = text.split('-').map(str::parse::<u32>);
+    let (Some(Ok(year)), Some(Ok(month)), Some(Ok(day)), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    year > 0 && (1..=days).contains(&day)
 }
 
 /// Picks the search parameter for what the user typed: a full date is a
@@ -98,7 +180,7 @@ fn classify(text: &str) -> (&'static str, &str) {
     }
 }
 
-fn expired_form() -> Response {
+pub(super) fn expired_form() -> Response {
     error_page(
         StatusCode::FORBIDDEN,
         "This form has expired. Go back to your patients and try again.",
@@ -150,6 +232,7 @@ async fn list_page(
     };
     let body = format!(
         "<h1>My patients</h1>\
+         <p><a class=\"messages-link\" href=\"/app/messages\">Messages: referrals, prescriptions and lab results</a></p>\
          <form method=\"post\" action=\"/app/search\" role=\"search\">{csrf}\
          <label for=\"q\">Find a patient<span class=\"hint\">Name, birth date (YYYY-MM-DD) or identifier</span></label>\
          <input id=\"q\" name=\"q\" type=\"search\" autocomplete=\"off\" autocapitalize=\"none\" \
@@ -169,7 +252,7 @@ async fn list_page(
         .into_response()
 }
 
-fn fhir_failure(reply: &call::Reply) -> Response {
+pub(super) fn fhir_failure(reply: &call::Reply) -> Response {
     let status = reply.status;
     let message = match status.as_u16() {
         401 => "Your sign-in is no longer valid. Sign out and sign in again.",
@@ -189,7 +272,7 @@ fn fhir_failure(reply: &call::Reply) -> Response {
 }
 
 /// Returns the display name of a Patient.
-fn patient_name(patient: &Value) -> String {
+pub(super) fn patient_name(patient: &Value) -> String {
     let Some(name) = patient.get("name").and_then(|n| n.get(0)) else {
         return "(no name)".to_owned();
     };
@@ -220,231 +303,12 @@ fn patient_meta(patient: &Value) -> String {
     format!("born {birth} {gender}").trim().to_owned()
 }
 
-/// The query of the chart page.
-#[derive(Deserialize)]
-pub struct ChartQuery {
-    saved: Option<u32>,
-}
-
 /// Builds the page for a handle this session does not know.
-fn unknown_handle() -> Response {
+pub(super) fn unknown_handle() -> Response {
     error_page(
         StatusCode::NOT_FOUND,
         "This patient link belongs to another sign-in or has expired. Find the patient again.",
     )
-}
-
-/// `GET /app/p/{handle}`: the chart summary.
-pub async fn chart(
-    State(state): State<AppState>,
-    PeerAddr(peer): PeerAddr,
-    headers: HeaderMap,
-    Path(handle): Path<String>,
-    Query(query): Query<ChartQuery>,
-) -> Response {
-    let active = match signin::require(&state, peer, &headers).await {
-        Ok(active) => active,
-        Err(response) => return response,
-    };
-    let Some(patient_id) = active.session.patient_of(&handle) else {
-        return unknown_handle();
-    };
-    let token = active.token();
-    let reply = call::send(
-        &state,
-        peer,
-        Call::get(&format!("/fhir/Patient/{patient_id}"), token),
-    )
-    .await;
-    if !reply.status.is_success() {
-        return fhir_failure(&reply);
-    }
-    let patient = reply.body;
-    let mut sections = String::new();
-    for section in SECTIONS {
-        let uri = format!(
-            "/fhir/{}?patient={patient_id}&{}",
-            section.resource_type, section.query
-        );
-        let reply = call::send(&state, peer, Call::get(&uri, token)).await;
-        sections.push_str(&render_section(section, &reply));
-    }
-    let notice = if query.saved.is_some() {
-        "<p class=\"notice\" role=\"status\">Vitals saved.</p>"
-    } else {
-        ""
-    };
-    let body = format!(
-        "{notice}<h1>{name}</h1><dl><dt>Born</dt><dd>{birth}</dd><dt>Gender</dt><dd>{gender}</dd></dl>\
-         <p><a class=\"button wide\" href=\"/app/p/{handle}/vitals\">Record vitals</a></p>{sections}",
-        name = escape(&patient_name(&patient)),
-        birth = escape(
-            patient
-                .get("birthDate")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown")
-        ),
-        gender = escape(
-            patient
-                .get("gender")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown")
-        ),
-    );
-    AppPage::new(StatusCode::OK, "Patient chart", body)
-        .signed_in(active.bar())
-        .into_response()
-}
-
-/// One section of the chart summary.
-struct Section {
-    title: &'static str,
-    resource_type: &'static str,
-    query: &'static str,
-    /// Show only the newest resource per code.
-    latest_per_code: bool,
-}
-
-const SECTIONS: &[Section] = &[
-    Section {
-        title: "Problems",
-        resource_type: "Condition",
-        query: "_count=50",
-        latest_per_code: false,
-    },
-    Section {
-        title: "Medications",
-        resource_type: "MedicationRequest",
-        query: "_count=50",
-        latest_per_code: false,
-    },
-    Section {
-        title: "Allergies",
-        resource_type: "AllergyIntolerance",
-        query: "_count=50",
-        latest_per_code: false,
-    },
-    Section {
-        title: "Immunizations",
-        resource_type: "Immunization",
-        query: "_count=50",
-        latest_per_code: false,
-    },
-    Section {
-        title: "Latest vitals",
-        resource_type: "Observation",
-        query: "category=vital-signs&_sort=-date&_count=50",
-        latest_per_code: true,
-    },
-    Section {
-        title: "Latest labs",
-        resource_type: "Observation",
-        query: "category=laboratory&_sort=-date&_count=50",
-        latest_per_code: true,
-    },
-];
-
-fn render_section(section: &Section, reply: &call::Reply) -> String {
-    let items = if reply.status.is_success() {
-        let mut seen = std::collections::HashSet::new();
-        let lines: Vec<String> = resources(&reply.body)
-            .into_iter()
-            .filter(|resource| {
-                !section.latest_per_code || seen.insert(concept_text(resource_code(resource)))
-            })
-            .map(describe)
-            .collect();
-        if lines.is_empty() {
-            "<p class=\"empty\">None recorded.</p>".to_owned()
-        } else {
-            let items: String = lines
-                .iter()
-                .map(|line| format!("<li>{line}</li>"))
-                .collect();
-            format!("<ul>{items}</ul>")
-        }
-    } else if reply.status == StatusCode::FORBIDDEN {
-        "<p class=\"empty\">Your role may not see this section.</p>".to_owned()
-    } else {
-        "<p class=\"error\">This section could not be loaded.</p>".to_owned()
-    };
-    format!(
-        "<section aria-labelledby=\"s-{id}\"><h2 id=\"s-{id}\">{title}</h2>{items}</section>",
-        id = section.title.to_lowercase().replace(' ', "-"),
-        title = section.title
-    )
-}
-
-fn resource_code(resource: &Value) -> Option<&Value> {
-    resource
-        .get("code")
-        .or_else(|| resource.get("medicationCodeableConcept"))
-        .or_else(|| resource.get("vaccineCode"))
-}
-
-/// Returns the text of a CodeableConcept: its text, a display or a code.
-fn concept_text(concept: Option<&Value>) -> String {
-    let Some(concept) = concept else {
-        return "(no code)".to_owned();
-    };
-    if let Some(text) = concept.get("text").and_then(Value::as_str) {
-        return text.to_owned();
-    }
-    let coding = concept.get("coding").and_then(|c| c.get(0));
-    coding
-        .and_then(|c| c.get("display").or_else(|| c.get("code")))
-        .and_then(Value::as_str)
-        .unwrap_or("(no code)")
-        .to_owned()
-}
-
-fn quantity_text(quantity: &Value) -> Option<String> {
-    let value = quantity.get("value")?;
-    let unit = quantity
-        .get("unit")
-        .or_else(|| quantity.get("code"))
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    Some(format!("{value} {unit}").trim().to_owned())
-}
-
-/// Describes a resource in one escaped HTML line.
-fn describe(resource: &Value) -> String {
-    let name = escape(&concept_text(resource_code(resource)));
-    let mut value = resource.get("valueQuantity").and_then(quantity_text);
-    if value.is_none()
-        && let Some(components) = resource.get("component").and_then(Value::as_array)
-    {
-        let parts: Vec<String> = components
-            .iter()
-            .filter_map(|c| c.get("valueQuantity").and_then(quantity_text))
-            .collect();
-        if !parts.is_empty() {
-            value = Some(parts.join(" / "));
-        }
-    }
-    let value = value.or_else(|| {
-        resource
-            .get("valueString")
-            .or_else(|| resource.pointer("/valueCodeableConcept/text"))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    });
-    let when = resource
-        .get("effectiveDateTime")
-        .or_else(|| resource.get("occurrenceDateTime"))
-        .or_else(|| resource.get("onsetDateTime"))
-        .or_else(|| resource.get("authoredOn"))
-        .and_then(Value::as_str)
-        .map(|date| date.get(..10).unwrap_or(date).to_owned());
-    let mut line = format!("<span class=\"name\">{name}</span>");
-    if let Some(value) = value {
-        line.push_str(&format!(": <strong>{}</strong>", escape(&value)));
-    }
-    if let Some(when) = when {
-        line.push_str(&format!(" <span class=\"meta\">({})</span>", escape(&when)));
-    }
-    line
 }
 
 /// `GET /app/p/{handle}/vitals`: the empty vitals form.
@@ -521,7 +385,7 @@ pub async fn save_vitals(
 }
 
 /// Returns the `fhirUser` of the session's access token.
-fn performer_of(state: &AppState, token: &str) -> Option<String> {
+pub(super) fn performer_of(state: &AppState, token: &str) -> Option<String> {
     let mut headers = HeaderMap::new();
     headers.insert(
         http::header::AUTHORIZATION,
@@ -546,23 +410,15 @@ fn render_vitals(
     errors: &[FieldError],
     status: StatusCode,
 ) -> Response {
-    let error_of = |field: &str| errors.iter().find(|e| e.field == field);
+    let errors: Vec<Problem> = errors
+        .iter()
+        .map(|error| Problem {
+            field: error.field,
+            message: error.message.clone(),
+        })
+        .collect();
     let input = |input: Input, value: &str| {
-        let error = error_of(input.field);
-        let (invalid, message) = match error {
-            Some(error) => (
-                format!(
-                    " aria-invalid=\"true\" aria-describedby=\"{}-error\"",
-                    input.field
-                ),
-                format!(
-                    "<span class=\"error\" id=\"{}-error\">{}</span>",
-                    input.field,
-                    escape(&error.message)
-                ),
-            ),
-            None => (String::new(), String::new()),
-        };
+        let (invalid, message) = invalid(&errors, input.field);
         format!(
             "<label for=\"{field}\">{label}<span class=\"hint\">{hint}</span></label>{message}\
              <input id=\"{field}\" name=\"{field}\" inputmode=\"decimal\" autocomplete=\"off\" \
@@ -573,35 +429,7 @@ fn render_vitals(
             value = escape(value),
         )
     };
-    let select = |field: &str, label: &str, options: &[(&str, &str)], chosen: &str| {
-        let options: String = options
-            .iter()
-            .map(|(value, text)| {
-                let selected = if *value == chosen { " selected" } else { "" };
-                format!("<option value=\"{value}\"{selected}>{text}</option>")
-            })
-            .collect();
-        format!(
-            "<label for=\"{field}\">{label}</label><select id=\"{field}\" name=\"{field}\">{options}</select>"
-        )
-    };
-    let summary = if errors.is_empty() {
-        String::new()
-    } else {
-        let items: String = errors
-            .iter()
-            .map(|e| {
-                format!(
-                    "<li><a href=\"#{}\">{}</a></li>",
-                    e.field,
-                    escape(&e.message)
-                )
-            })
-            .collect();
-        format!(
-            "<div class=\"error\" role=\"alert\"><p>Nothing was saved. Fix these values:</p><ul>{items}</ul></div>"
-        )
-    };
+    let summary = error_summary_with_lead("Nothing was saved. Fix these values:", &errors);
     let body = format!(
         "<h1>Record vitals</h1>{summary}<form method=\"post\" action=\"/app/p/{handle}/vitals\" novalidate>{csrf}\
          <fieldset><legend>Blood pressure</legend>{systolic}{diastolic}</fieldset>\
@@ -662,7 +490,8 @@ fn render_vitals(
             "temperature_unit",
             "Unit",
             &[("C", "°C"), ("F", "°F")],
-            &form.temperature_unit
+            &form.temperature_unit,
+            &errors
         ),
         weight = input(
             Input {
@@ -676,7 +505,8 @@ fn render_vitals(
             "weight_unit",
             "Unit",
             &[("kg", "kg"), ("lb", "lb")],
-            &form.weight_unit
+            &form.weight_unit,
+            &errors
         ),
         height = input(
             Input {
@@ -690,4 +520,43 @@ fn render_vitals(
     AppPage::new(status, "Record vitals", body)
         .signed_in(active.bar())
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_names_become_one_parameter_per_word() {
+        assert_eq!(
+            search_query("Alberto  Atencio").unwrap(),
+            "name=Alberto&name=Atencio&_count=50"
+        );
+        assert_eq!(
+            search_query("Atencio, Alberto").unwrap(),
+            "name=Atencio&name=Alberto&_count=50"
+        );
+        assert_eq!(search_query("atencio").unwrap(), "name=atencio&_count=50");
+        assert_eq!(
+            search_query("1993-06-07").unwrap(),
+            "birthdate=1993-06-07&_count=50"
+        );
+        assert_eq!(
+            search_query("urn:x|123").unwrap(),
+            "identifier=urn%3Ax%7C123&_count=50"
+        );
+    }
+
+    #[test]
+    fn impossible_birth_dates_are_named() {
+        let message = search_query("1993-02-30").unwrap_err();
+        assert!(message.contains("1993-02-30"), "{message}");
+        assert!(message.contains("YYYY-MM-DD"), "{message}");
+        assert!(search_query("1993-13-01").is_err());
+        assert!(search_query("1993-00-10").is_err());
+        assert!(search_query("2024-02-29").is_ok());
+        assert!(search_query("2023-02-29").is_err());
+        assert!(search_query("1900-02-29").is_err());
+        assert!(search_query("2000-02-29").is_ok());
+    }
 }

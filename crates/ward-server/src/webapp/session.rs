@@ -2,6 +2,11 @@
 //! record stored under the cookie's SHA-256 digest, and the record keeps
 //! the user's OAuth tokens, the CSRF token and the opaque patient handles.
 //! The browser only ever holds the cookie.
+//!
+//! The record also carries the lock state (see [`super::lock`]), the key
+//! of the authorization server's sign-in session it came from and, once
+//! the browser is enrolled as a device, the thumbprint of its key (see
+//! [`super::enroll`]).
 
 use std::sync::Arc;
 
@@ -16,6 +21,9 @@ use crate::oauth::identity::{self, digest_key};
 
 /// The cookie of a web app session.
 pub const COOKIE: &str = "__Host-ward-app";
+/// The authorization server's sign-in session cookie, which the browser
+/// holds next to [`COOKIE`] (`SameSite=Lax`, see `crate::oauth`).
+pub const SIGNIN_COOKIE: &str = "__Host-ward-session";
 /// The store namespace of web app sessions.
 pub const NS_APP_SESSION: &str = "webapp.session";
 /// How long a sign-in may take from the redirect to the callback, in
@@ -58,7 +66,53 @@ pub struct WebSession {
     pub csrf: String,
     /// Opaque handle to patient id, oldest first.
     pub handles: Vec<(String, String)>,
+    /// The signed-in user's id (the access token's `sub`), which names
+    /// the user's PIN record.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Whether the session is locked: every page shows the lock page until
+    /// the user's PIN unlocks it.
+    #[serde(default)]
+    pub locked: bool,
+    /// Wrong PINs entered since the last unlock.
+    #[serde(default)]
+    pub pin_failures: u32,
+    /// The earliest time of the next PIN attempt, in seconds since the
+    /// Unix epoch.
+    #[serde(default)]
+    pub pin_next_try: i64,
+    /// The JWK thumbprint (RFC 7638) of the browser's device key once this
+    /// browser is enrolled: every request must then carry a proof signed
+    /// by that key.
+    #[serde(default)]
+    pub jkt: Option<String>,
+    /// The device id the browser enrolled as.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// The state of a passkey unlock in progress (its challenge), used once.
+    #[serde(default)]
+    pub passkey_challenge: Option<serde_json::Value>,
+    /// The record key of the authorization server's sign-in session
+    /// (`__Host-ward-session`) this session was started with, so that a
+    /// lock can end that sign-in session and the passkeys page can refuse
+    /// a sign-in whose app session is locked. While the session is
+    /// pending: the sign-in session the browser held at the start, which
+    /// the callback refuses.
+    #[serde(default)]
+    pub signin: Option<String>,
+    /// Where a pending sign-in goes after the callback, when not to the
+    /// app's home: only [`AFTER_PASSKEYS`].
+    #[serde(default)]
+    pub after: Option<String>,
+    /// The text of the last patient search, which `GET /app/search` shows
+    /// after the POST that set it, so that no history entry of the browser
+    /// holds the search in a form body.
+    #[serde(default)]
+    pub search: Option<String>,
 }
+
+/// The page a sign-in started at `/app/signin?next=passkeys` ends on.
+pub const AFTER_PASSKEYS: &str = "/oauth/passkeys";
 
 impl Drop for WebSession {
     fn drop(&mut self) {
@@ -92,6 +146,16 @@ impl WebSession {
             last_seen: now,
             csrf: generate_token()?.to_string(),
             handles: Vec::new(),
+            user: None,
+            locked: false,
+            pin_failures: 0,
+            pin_next_try: 0,
+            jkt: None,
+            device: None,
+            passkey_challenge: None,
+            signin: None,
+            after: None,
+            search: None,
         })
     }
 
@@ -129,6 +193,11 @@ impl WebSession {
 /// Returns the record key of a session cookie value.
 pub fn key_of(cookie: &str) -> String {
     digest_key(&TokenDigest::of(cookie))
+}
+
+/// Returns the record key of the request's sign-in session cookie.
+pub fn signin_key_of(headers: &HeaderMap) -> Option<String> {
+    super::html::read_cookie(headers, SIGNIN_COOKIE).map(|cookie| key_of(&cookie))
 }
 
 /// Reads the session cookie of a request.
@@ -177,6 +246,33 @@ pub fn save(
 /// A store failure.
 pub fn delete(store: &Arc<dyn Store>, key: &str) -> Result<(), ward_store::StoreError> {
     store.kv_delete(NS_APP_SESSION, key).map(|_| ())
+}
+
+/// Returns whether an app session started with the sign-in session under
+/// `signin_key` is locked, or has gone `lock_secs` without use and so
+/// locks at its next request.
+///
+/// # Errors
+///
+/// A store failure.
+pub fn signin_has_locked_app(
+    store: &dyn Store,
+    signin_key: &str,
+    lock_secs: i64,
+    now: i64,
+) -> identity::IdentityResult<bool> {
+    for (_, bytes) in store.kv_list(NS_APP_SESSION, "")? {
+        let Ok(session) = serde_json::from_slice::<WebSession>(&bytes) else {
+            continue;
+        };
+        if session.signin.as_deref() == Some(signin_key)
+            && matches!(session.stage, Stage::Active { .. })
+            && (session.locked || now - session.last_seen >= lock_secs)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Returns the current time in seconds since the Unix epoch.

@@ -3,8 +3,17 @@
 //!
 //! Sign-in is the authorization code flow with PKCE against this server's
 //! `/oauth/authorize`: the user meets the same password, TOTP and consent
-//! pages as for any client. The code is exchanged in-process at
-//! `/oauth/token`, and the tokens go into the server-side session.
+//! pages as for any client. The request requires a fresh authentication
+//! (`prompt=login`, `max_age=0`), and the callback accepts the code only
+//! when the browser's sign-in session was opened after the sign-in
+//! started, so a sign-in cookie left from earlier never opens the app by
+//! itself. The code is exchanged in-process at `/oauth/token`, and the
+//! tokens go into the server-side session.
+//!
+//! [`require`] is where every signed-in page starts: it ends a session
+//! after the idle or absolute timeout and, through [`super::lock`], shows
+//! the lock page while the session is locked or its device proof is
+//! missing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,8 +66,13 @@ pub struct Active {
     pub session: WebSession,
     /// Idle timeout, in seconds.
     pub idle_secs: i64,
+    /// Seconds without use after which the session locks.
+    pub lock_secs: i64,
     /// The session's latest expiry, in seconds since the Unix epoch.
     pub expires: i64,
+    /// Whether the access token is a security administrator's with the
+    /// `admin` scope (for the bar only; the admin routes check it again).
+    pub admin: bool,
 }
 
 impl Active {
@@ -74,7 +88,10 @@ impl Active {
     pub fn bar(&self) -> SignedIn {
         SignedIn {
             csrf: self.session.csrf.clone(),
-            idle_secs: self.idle_secs,
+            // The page locks itself, and the session, after this long.
+            idle_secs: self.lock_secs.min(self.idle_secs),
+            signout_secs: self.idle_secs,
+            admin: self.admin,
         }
     }
 
@@ -104,7 +121,7 @@ impl Active {
     }
 }
 
-fn internal(step: &str) -> Response {
+pub(super) fn internal(step: &str) -> Response {
     tracing::error!(target: "ward::webapp", step, "a web app step failed");
     error_page(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -134,14 +151,31 @@ fn no_server() -> Response {
 }
 
 /// Loads the signed-in session of a request, ends it after the idle or
-/// absolute timeout and refreshes its access token when it is about to
+/// absolute timeout, shows the lock page while it is locked (see
+/// [`super::lock`]) and refreshes its access token when it is about to
 /// expire. Without a live session the caller gets a redirect to sign-in.
 ///
 /// # Errors
 ///
-/// The response to send instead of the page: a redirect to sign-in or an
-/// error page.
+/// The response to send instead of the page: a redirect to sign-in, the
+/// lock page or an error page.
 pub async fn require(
+    state: &AppState,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Result<Active, Response> {
+    let mut active = load_live(state, peer, headers).await?;
+    super::lock::check(state, peer, headers, &mut active).await?;
+    touch(state, peer, active).await
+}
+
+/// Loads the signed-in session of a request and ends it after the idle or
+/// absolute timeout, without looking at the lock or recording the use.
+///
+/// # Errors
+///
+/// A redirect to sign-in or to the signed-out page, or an error page.
+pub async fn load_live(
     state: &AppState,
     peer: Option<SocketAddr>,
     headers: &HeaderMap,
@@ -153,13 +187,14 @@ pub async fn require(
     let store = state.engine.store.clone();
     let lookup_key = key.clone();
     let loaded = blocking(move || session::load(&store, &lookup_key)).await?;
-    let Ok(Some(mut session)) = loaded else {
+    let Ok(Some(session)) = loaded else {
         return Err(signin());
     };
 
     let settings = server.settings();
     let idle = settings.session_idle.whole_seconds();
     let max = settings.session_max.whole_seconds();
+    let lock = settings.app_lock.whole_seconds();
     let now = now_secs();
     let timed_out = now - session.last_seen >= idle || now - session.created >= max;
     if matches!(session.stage, Stage::Pending { .. }) {
@@ -174,33 +209,67 @@ pub async fn require(
         );
         return Err(response);
     }
+    let expires = (session.last_seen + idle).min(session.created.saturating_add(max));
+    Ok(Active {
+        key,
+        session,
+        idle_secs: idle,
+        lock_secs: lock,
+        expires,
+        // Set by `touch` once the access token is fresh.
+        admin: false,
+    })
+}
+
+/// Records a use of an unlocked session: refreshes the access token when
+/// it is about to expire, moves `last_seen` to now and saves the session.
+///
+/// # Errors
+///
+/// A redirect to sign-in when the token cannot be refreshed, or an error
+/// page when the session cannot be saved.
+pub async fn touch(
+    state: &AppState,
+    peer: Option<SocketAddr>,
+    mut active: Active,
+) -> Result<Active, Response> {
+    let signin = || see_other("/app/signin", &[]);
+    let now = now_secs();
     if let Stage::Active {
         refresh_token,
         access_expires,
         ..
-    } = &session.stage
+    } = &active.session.stage
         && *access_expires - now < REFRESH_MARGIN_SECS
     {
         let Some(refresh) = refresh_token.clone() else {
             return Err(signin());
         };
-        session.stage = refreshed(state, peer, &refresh).await.ok_or_else(signin)?;
+        let device = active.session.device.clone();
+        active.session.stage = refreshed(state, peer, &refresh, device.as_deref())
+            .await
+            .ok_or_else(signin)?;
     }
-    session.last_seen = now;
-    let expires = (now + idle).min(session.created.saturating_add(max));
-    let active = Active {
-        key,
-        session,
-        idle_secs: idle,
-        expires,
-    };
+    active.admin = super::admin::is_admin_token(state, active.token());
+    active.session.last_seen = now;
+    let max = server_of(state)
+        .map(|server| server.settings().session_max.whole_seconds())
+        .unwrap_or(0);
+    active.expires = (now + active.idle_secs).min(active.session.created.saturating_add(max));
     active.save(state).await?;
     Ok(active)
 }
 
-/// Trades a refresh token for a new access token.
-async fn refreshed(state: &AppState, peer: Option<SocketAddr>, refresh: &str) -> Option<Stage> {
-    let reply = call::send(
+/// Trades a refresh token for a new access token, naming the session's
+/// browser device when it is bound to one, so that the reads made with
+/// the token are audited with the device.
+pub(super) async fn refreshed(
+    state: &AppState,
+    peer: Option<SocketAddr>,
+    refresh: &str,
+    device: Option<&str>,
+) -> Option<Stage> {
+    let reply = call::send_for_device(
         state,
         peer,
         Call::form(
@@ -211,6 +280,7 @@ async fn refreshed(state: &AppState, peer: Option<SocketAddr>, refresh: &str) ->
                 ("client_id", WEB_CLIENT_ID),
             ],
         ),
+        device,
     )
     .await;
     stage_of_tokens(&reply)
@@ -240,10 +310,11 @@ fn stage_of_tokens(reply: &call::Reply) -> Option<Stage> {
 
 /// Registers the built-in web app client with the redirect URI of this
 /// server's origin, replacing a record with another redirect URI (the
-/// origin changed).
+/// origin changed) or other allowed scopes (an older version's).
 fn ensure_client(store: &dyn Store, redirect_uri: &str) -> identity::IdentityResult<()> {
     if let Some(existing) = identity::load_client(store, WEB_CLIENT_ID)?
         && existing.client.redirect_uris == [redirect_uri]
+        && existing.client.allowed_scope == WEB_SCOPE
     {
         return Ok(());
     }
@@ -262,12 +333,45 @@ fn ensure_client(store: &dyn Store, redirect_uri: &str) -> identity::IdentityRes
     identity::write(store, NS_CLIENT, WEB_CLIENT_ID, &record, None)
 }
 
+/// The query of `GET /app/signin`.
+#[derive(Deserialize)]
+pub struct StartQuery {
+    /// `passkeys` to end on the passkeys page instead of the app.
+    next: Option<String>,
+}
+
 /// `GET /app/signin`: starts a sign-in and sends the browser to the
 /// authorization server.
-pub async fn start(State(state): State<AppState>) -> Response {
+///
+/// The request requires a fresh authentication (`prompt=login`,
+/// `max_age=0`): the authorization server's sign-in session
+/// (`__Host-ward-session`) is not reused, so a locked app cannot be
+/// reopened through a new sign-in without the password and second
+/// factor. A session the browser still holds (locked or not) is ended
+/// first, with its sign-in session.
+pub async fn start(
+    State(state): State<AppState>,
+    PeerAddr(peer): PeerAddr,
+    headers: HeaderMap,
+    Query(start_query): Query<StartQuery>,
+) -> Response {
     let Some(server) = server_of(&state) else {
         return no_server();
     };
+    let mut cookies = Vec::new();
+    if let Some(old_cookie) = session::cookie_of(&headers) {
+        let old_key = session::key_of(&old_cookie);
+        let store = state.engine.store.clone();
+        let lookup = old_key.clone();
+        if let Ok(Ok(Some(old))) = blocking(move || session::load(&store, &lookup)).await
+            && matches!(old.stage, Stage::Active { .. })
+        {
+            tracing::info!(target: "ward::webapp", locked = old.locked, "a new sign-in ends the session the browser held");
+            cookies = close(&state, peer, &headers, &old_key, &old).await;
+            // The new app cookie below replaces the cleared one.
+            cookies.retain(|cookie| !cookie.starts_with(session::COOKIE));
+        }
+    }
     let origin = server.settings().origin.clone();
     let fhir_base = server.settings().fhir_base.clone();
     let redirect_uri = format!("{origin}{CALLBACK_PATH}");
@@ -278,7 +382,7 @@ pub async fn start(State(state): State<AppState>) -> Response {
     };
     let challenge = URL_SAFE_NO_PAD.encode(TokenDigest::of(&verifier).as_bytes());
     let now = now_secs();
-    let Ok(pending) = WebSession::new(
+    let Ok(mut pending) = WebSession::new(
         Stage::Pending {
             oauth_state: oauth_state.to_string(),
             verifier: verifier.to_string(),
@@ -287,6 +391,12 @@ pub async fn start(State(state): State<AppState>) -> Response {
     ) else {
         return internal("creating the session");
     };
+    // The sign-in session the browser holds now: the callback refuses it,
+    // so the code must come from one opened by this sign-in.
+    pending.signin = session::signin_key_of(&headers);
+    if start_query.next.as_deref() == Some("passkeys") {
+        pending.after = Some(session::AFTER_PASSKEYS.to_owned());
+    }
     let store = state.engine.store.clone();
     let key = session::key_of(&cookie);
     let redirect = redirect_uri.clone();
@@ -308,11 +418,11 @@ pub async fn start(State(state): State<AppState>) -> Response {
         .append_pair("aud", &fhir_base)
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256")
+        .append_pair("prompt", "login")
+        .append_pair("max_age", "0")
         .finish();
-    see_other(
-        &format!("/oauth/authorize?{query}"),
-        &[session::set_cookie(&cookie, session::PENDING_TTL_SECS)],
-    )
+    cookies.push(session::set_cookie(&cookie, session::PENDING_TTL_SECS));
+    see_other(&format!("/oauth/authorize?{query}"), &cookies)
 }
 
 /// The query of the OAuth redirect back to the app.
@@ -375,9 +485,20 @@ pub async fn callback(
     let (Some(code), true, None) = (query.code.as_deref(), state_ok, query.error.as_deref()) else {
         return restart();
     };
+    // The code must come from a sign-in made for this request: password
+    // and second factor entered after `/app/signin`, never an older
+    // sign-in session reused by a request stripped of `prompt=login`.
+    let Some(signin_user) = fresh_signin_user(&state, &headers, &pending).await else {
+        tracing::warn!(target: "ward::webapp", "a web app sign-in without a fresh password and second factor was refused");
+        return restart();
+    };
 
+    // A browser enrolled earlier proves its key here too (through the
+    // service worker). Its new session is bound to that key at once, and
+    // the tokens name the device from the first one on.
+    let bound = super::enroll::rebind(&state, &headers, &signin_user).await;
     let redirect_uri = format!("{}{CALLBACK_PATH}", server.settings().origin);
-    let reply = call::send(
+    let reply = call::send_for_device(
         &state,
         peer,
         Call::form(
@@ -390,27 +511,97 @@ pub async fn callback(
                 ("code_verifier", verifier),
             ],
         ),
+        bound.as_ref().map(|(_, device)| device.as_str()),
     )
     .await;
     let Some(stage) = stage_of_tokens(&reply) else {
         return restart();
     };
+    let admin_home = match &stage {
+        Stage::Active { access_token, .. } => super::admin::is_admin_token(&state, access_token),
+        Stage::Pending { .. } => false,
+    };
 
     let now = now_secs();
-    let (Ok(new_cookie), Ok(active)) = (generate_token(), WebSession::new(stage, now)) else {
+    let (Ok(new_cookie), Ok(mut active)) = (generate_token(), WebSession::new(stage, now)) else {
         return internal("creating the session");
     };
+    active.user = subject_of(&active.stage);
+    if active.user.as_deref() != Some(signin_user.as_str()) {
+        tracing::warn!(target: "ward::webapp", "the sign-in session and the token of a web app sign-in name different users");
+        revoke_tokens(&state, peer, &active.stage).await;
+        return restart();
+    }
+    // The sign-in session the authorization server just opened: a lock
+    // ends it, and its age decides whether it may add a passkey.
+    active.signin = session::signin_key_of(&headers);
+    if let Some((jkt, device)) = bound {
+        active.jkt = Some(jkt);
+        active.device = Some(device);
+    }
     let settings = server.settings();
     let idle = settings.session_idle.whole_seconds();
     let max = settings.session_max.whole_seconds();
     let key = session::key_of(&new_cookie);
     let store = state.engine.store.clone();
-    let saved = blocking(move || session::save(&store, &key, &active, now + idle.min(max))).await;
+    let signin = active.signin.clone();
+    let device = active.device.clone();
+    let saved = blocking(move || {
+        // Revoking the device ends the sign-in session as well.
+        if let (Some(signin), Some(device)) = (signin, device) {
+            identity::mark_session_device(store.as_ref(), &signin, &device, (idle, max))?;
+        }
+        session::save(&store, &key, &active, now + idle.min(max))
+    })
+    .await;
     if !matches!(saved, Ok(Ok(()))) {
         return internal("storing the session");
     }
     tracing::info!(target: "ward::webapp", "web app session started");
-    see_other("/app", &[session::set_cookie(&new_cookie, max)])
+    // Administrators have no patients; they start on the admin screens.
+    let home = match pending.after.as_deref() {
+        Some(session::AFTER_PASSKEYS) => session::AFTER_PASSKEYS,
+        _ if admin_home => "/app/admin",
+        _ => "/app",
+    };
+    see_other(home, &[session::set_cookie(&new_cookie, max)])
+}
+
+/// Returns the user of the request's sign-in session when that session
+/// was opened by a password and second factor entered for the `pending`
+/// sign-in: not the one the browser held when the sign-in started, and
+/// not older than the start.
+async fn fresh_signin_user(
+    state: &AppState,
+    headers: &HeaderMap,
+    pending: &WebSession,
+) -> Option<String> {
+    let key = session::signin_key_of(headers)?;
+    if pending.signin.as_deref() == Some(key.as_str()) {
+        return None;
+    }
+    let since = pending.created;
+    let store = state.engine.store.clone();
+    let signin = blocking(move || {
+        identity::read::<identity::Session>(store.as_ref(), identity::NS_SESSION, &key)
+    })
+    .await
+    .ok()?
+    .ok()??;
+    (signin.created >= since).then_some(signin.user_id)
+}
+
+/// Returns the `sub` claim of the session's access token: the user's id.
+/// The token came straight from this server's token endpoint in-process,
+/// so its payload is read without checking the signature again.
+fn subject_of(stage: &Stage) -> Option<String> {
+    let Stage::Active { access_token, .. } = stage else {
+        return None;
+    };
+    let payload = access_token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("sub")?.as_str().map(str::to_owned)
 }
 
 /// The form of the sign-out button.
@@ -450,43 +641,76 @@ pub async fn sign_out(
 
 /// Revokes the session's tokens, deletes it, ends the authorization
 /// server's session and sends the browser to the signed-out page.
-async fn end(
+pub(super) async fn end(
     state: &AppState,
     peer: Option<SocketAddr>,
     headers: &HeaderMap,
     key: &str,
     web: &WebSession,
 ) -> Response {
-    if let Stage::Active {
+    let cookies = close(state, peer, headers, key, web).await;
+    tracing::info!(target: "ward::webapp", "web app session ended");
+    let mut response = see_other("/app/signed-out", &cookies);
+    // Tells the browser to drop everything it kept for this origin's pages.
+    response
+        .headers_mut()
+        .insert("clear-site-data", HeaderValue::from_static("\"cache\""));
+    response
+}
+
+/// Revokes the access and refresh tokens of a signed-in stage.
+async fn revoke_tokens(state: &AppState, peer: Option<SocketAddr>, stage: &Stage) {
+    let Stage::Active {
         access_token,
         refresh_token,
         ..
-    } = &web.stage
-    {
-        for token in std::iter::once(access_token).chain(refresh_token) {
-            let reply = call::send(
-                state,
-                peer,
-                Call::form(
-                    "/oauth/revoke",
-                    &[("token", token.as_str()), ("client_id", WEB_CLIENT_ID)],
-                ),
-            )
-            .await;
-            if !reply.status.is_success() {
-                tracing::warn!(target: "ward::webapp", status = reply.status.as_u16(), "revoking a web app token failed");
-            }
+    } = stage
+    else {
+        return;
+    };
+    for token in std::iter::once(access_token).chain(refresh_token) {
+        let reply = call::send(
+            state,
+            peer,
+            Call::form(
+                "/oauth/revoke",
+                &[("token", token.as_str()), ("client_id", WEB_CLIENT_ID)],
+            ),
+        )
+        .await;
+        if !reply.status.is_success() {
+            tracing::warn!(target: "ward::webapp", status = reply.status.as_u16(), "revoking a web app token failed");
         }
     }
+}
+
+/// Revokes the session's tokens, deletes it and ends the authorization
+/// server's sign-in sessions: the one the request's cookie names and the
+/// one the session was started with. Returns the `Set-Cookie` values that
+/// clear both cookies.
+async fn close(
+    state: &AppState,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+    key: &str,
+    web: &WebSession,
+) -> Vec<String> {
+    revoke_tokens(state, peer, &web.stage).await;
     let store = state.engine.store.clone();
     let owned_key = key.to_owned();
     let _ = blocking(move || session::delete(&store, &owned_key)).await;
 
+    // Sign-out of the session the cookie names (recorded as a logout),
+    // then of the one the app session was started with, if another.
     let mut logout = Call::form("/oauth/logout", &[]);
     if let Some(cookies) = headers.get(header::COOKIE) {
         logout.extra.insert(header::COOKIE, cookies.clone());
     }
     let reply = call::send(state, peer, logout).await;
+    if let Some(signin) = web.signin.clone() {
+        let store = state.engine.store.clone();
+        let _ = blocking(move || identity::end_session(store.as_ref(), &signin)).await;
+    }
     let mut cookies = vec![session::set_cookie("", 0)];
     cookies.extend(
         reply
@@ -496,13 +720,7 @@ async fn end(
             .filter_map(|value| value.to_str().ok())
             .map(str::to_owned),
     );
-    tracing::info!(target: "ward::webapp", "web app session ended");
-    let mut response = see_other("/app/signed-out", &cookies);
-    // Tells the browser to drop everything it kept for this origin's pages.
-    response
-        .headers_mut()
-        .insert("clear-site-data", HeaderValue::from_static("\"cache\""));
-    response
+    cookies
 }
 
 /// `GET /app/timeout`: where an idle page sends itself. Ends the session
@@ -540,10 +758,11 @@ pub struct SignedOutQuery {
 
 /// `GET /app/signed-out`.
 pub async fn signed_out(Query(query): Query<SignedOutQuery>) -> Response {
-    let message = if query.reason.as_deref() == Some("timeout") {
-        "You were signed out because the app was not used for a while."
-    } else {
-        "You are signed out."
+    let message = match query.reason.as_deref() {
+        Some("timeout") => "You were signed out because the app was not used for a while.",
+        Some("pin") => "You were signed out after too many wrong PINs.",
+        Some("device") => "You were signed out because this browser's device was revoked.",
+        _ => "You are signed out.",
     };
     AppPage::new(
         StatusCode::OK,

@@ -10,6 +10,9 @@ use serde_json::{Value, json};
 const LOINC: &str = "http://loinc.org";
 const UCUM: &str = "http://unitsofmeasure.org";
 
+/// One avoirdupois pound in kilograms.
+const POUND_IN_KG: f64 = 0.453_592_37;
+
 /// One vital sign the form offers.
 struct Kind {
     field: &'static str,
@@ -209,11 +212,23 @@ fn check(
     entered_unit: &str,
 ) -> Result<Measured, FieldError> {
     if value < kind.min || value > kind.max {
+        // The range is stated in the unit the user typed.
+        let (min, max, unit) = match entered_unit {
+            "°F" => (
+                kind.min * 9.0 / 5.0 + 32.0,
+                kind.max * 9.0 / 5.0 + 32.0,
+                "°F",
+            ),
+            "lb" => (kind.min / POUND_IN_KG, kind.max / POUND_IN_KG, "lb"),
+            _ => (kind.min, kind.max, kind.unit),
+        };
         return Err(FieldError {
             field: kind.field,
             message: format!(
-                "{}: {entered} {entered_unit} is outside the plausible range {} to {} {}. Check the value and its unit.",
-                kind.label, kind.min, kind.max, kind.unit
+                "{}: {entered} {entered_unit} is outside the plausible range {} to {} {unit}. Check the value and its unit.",
+                kind.label,
+                round1(min),
+                round1(max),
             ),
         });
     }
@@ -328,7 +343,7 @@ impl VitalsForm {
         if let Some(value) = weight {
             let converted = match self.weight_unit.as_str() {
                 "kg" | "" => Some((value, "kg")),
-                "lb" => Some((value * 0.453_592_37, "lb")),
+                "lb" => Some((value * POUND_IN_KG, "lb")),
                 other => {
                     errors.push(FieldError {
                         field: WEIGHT.field,
@@ -501,6 +516,25 @@ mod tests {
             .expect_err("implausible");
         assert_eq!(fields(&errors), ["heart_rate", "spo2", "temperature"]);
         assert!(errors[2].message.contains("375"), "{}", errors[2].message);
+    }
+
+    #[test]
+    fn vitals_range_in_the_unit_typed() {
+        let errors = form(&[("temperature", "37"), ("temperature_unit", "F")])
+            .check()
+            .expect_err("implausible");
+        assert_eq!(
+            errors[0].message,
+            "Body temperature: 37 °F is outside the plausible range 86 to 113 °F. Check the value and its unit."
+        );
+        let errors = form(&[("weight", "2000"), ("weight_unit", "lb")])
+            .check()
+            .expect_err("implausible");
+        assert!(
+            errors[0].message.contains("0.7 to 1102.3 lb"),
+            "{}",
+            errors[0].message
+        );
     }
 
     #[test]

@@ -27,6 +27,27 @@ pub(crate) fn get(
     Ok(Some(codec.open_record(key_id, ns, key, &sealed)?))
 }
 
+/// Reads a live record and locks its row until the transaction on `conn`
+/// ends (`SELECT ... FOR UPDATE`).
+pub(crate) fn get_for_update(
+    conn: &Conn<'_>,
+    codec: &ResourceCodec,
+    ns: &str,
+    key: &str,
+) -> Result<Option<Vec<u8>>> {
+    let row = conn.query_opt(
+        "SELECT value, key_id FROM kv WHERE ns = $1 AND key = $2 \
+         AND (expires IS NULL OR expires > $3) FOR UPDATE",
+        &[&ns, &key, &now_micros()],
+    )?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let sealed: Vec<u8> = row.try_get(0).map_err(db_error)?;
+    let key_id: i64 = row.try_get(1).map_err(db_error)?;
+    Ok(Some(codec.open_record(key_id, ns, key, &sealed)?))
+}
+
 /// Stores or replaces a record.
 pub(crate) fn put(
     conn: &Conn<'_>,

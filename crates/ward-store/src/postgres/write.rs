@@ -512,6 +512,24 @@ impl WriteTx for PostgresWriteTx<'_> {
         Ok(Some(marker))
     }
 
+    fn kv_get(&mut self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        super::kv::get_for_update(&self.conn()?, self.codec, ns, key)
+    }
+
+    fn kv_put(&mut self, ns: &str, key: &str, value: &[u8], expires: Option<i64>) -> Result<()> {
+        super::kv::put(&self.conn()?, self.codec, ns, key, value, expires)
+    }
+
+    fn kv_insert_new(
+        &mut self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        expires: Option<i64>,
+    ) -> Result<bool> {
+        super::kv::insert_new(&self.conn()?, self.codec, ns, key, value, expires)
+    }
+
     fn append_audit(&mut self, record: &ward_audit::AuditRecord) -> Result<u64> {
         let mut work = match self.audit_work.take() {
             Some(work) => work,

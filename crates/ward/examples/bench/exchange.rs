@@ -141,7 +141,7 @@ async fn send_one(client: &Client, recipient: &str, index: usize) -> Result<(Dur
         let status = client.get(&status_url).await?;
         match status.body["status"].as_str() {
             Some("delivered") => return Ok((queued, begun.elapsed())),
-            Some("queued") if begun.elapsed() < DELIVERY_TIMEOUT => {
+            Some("queued" | "sent") if begun.elapsed() < DELIVERY_TIMEOUT => {
                 tokio::time::sleep(POLL_INTERVAL).await;
             }
             _ => bail!("message {index} was not delivered: {}", status.body),

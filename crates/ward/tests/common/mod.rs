@@ -10,6 +10,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod device;
 pub mod exchange;
 pub mod fixtures;
@@ -413,6 +414,34 @@ pub fn ward(server: &Server, args: &[&str], stdin: Option<&str>) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+/// Adds user `username` with `role` and `password` through `ward user add`,
+/// linked to `fhir_user` when given, and returns the TOTP secret it prints.
+pub fn add_user(
+    server: &Server,
+    (username, role, password): (&str, &str, &str),
+    fhir_user: Option<&str>,
+) -> String {
+    let mut args = vec![
+        "user",
+        "add",
+        "--username",
+        username,
+        "--role",
+        role,
+        "--password-stdin",
+    ];
+    if let Some(reference) = fhir_user {
+        args.extend(["--fhir-user", reference]);
+    }
+    let output = ward(server, &args, Some(&format!("{password}\n")));
+    output
+        .lines()
+        .find_map(|line| line.strip_prefix("TOTP secret: "))
+        .expect("ward user add prints the TOTP secret")
+        .trim()
+        .to_owned()
 }
 
 /// Computes the current TOTP code of the base32 `secret` that

@@ -11,14 +11,15 @@
 //! start and finish requests for five minutes. The finish request deletes
 //! it before checking the response, so each challenge can be used once.
 
-use axum::extract::{Request, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use time::OffsetDateTime;
-use ward_auth::oauth::TokenDigest;
 use ward_auth::throttle::{Decision, Throttle};
 use webauthn_rs::prelude::{
     CredentialID, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential,
@@ -26,16 +27,20 @@ use webauthn_rs::prelude::{
 };
 
 use super::super::identity::{
-    self, IdentityError, NS_PASSKEY_CEREMONY, NS_THROTTLE_ACCOUNT, UserRecord, digest_key, micros,
+    self, IdentityError, NS_PASSKEY_CEREMONY, NS_THROTTLE_ACCOUNT, UserRecord, micros,
 };
 use super::super::{OAuthServer, blocking, json_response, server_of};
 use super::{
-    EXPIRED, Page, Params, Pending, SESSION_COOKIE, Stage, html, internal_error, mfa_page,
-    open_session, read_throttle, session_user, step, with_event, write_throttle,
+    EXPIRED, Page, Params, Pending, Stage, html, internal_error, mfa_page, open_session,
+    read_throttle, session_of, step, with_event, write_throttle,
 };
 use crate::AppState;
-use crate::audit::SecurityEventKind;
+use crate::audit::{Actor, SecurityEventKind};
+use ward_audit::record::{Action, EventType, Outcome, Subtype};
 
+/// The maximum age of the password and second factor for adding a
+/// passkey, in seconds.
+pub const FRESH_AUTH_SECS: i64 = 300;
 /// How long the state of a started ceremony lasts.
 const CEREMONY_TTL: time::Duration = time::Duration::minutes(5);
 /// Largest JSON body accepted by the registration endpoints.
@@ -133,7 +138,65 @@ fn same_origin(server: &OAuthServer, headers: &HeaderMap) -> bool {
         .is_some_and(|origin| origin == server.settings.origin)
 }
 
-/// `GET /oauth/passkeys`: the page where a signed-in user adds a passkey.
+/// The reason a sign-in session may not add a passkey.
+enum NotFresh {
+    /// No live sign-in session.
+    SignedOut,
+    /// The password and second factor were entered too long ago, or a web
+    /// app session of this sign-in is locked.
+    Stale,
+}
+
+/// Returns the user of the browser's sign-in session when it may add a
+/// passkey: its password and second factor were entered at most
+/// [`FRESH_AUTH_SECS`] ago and no web app session started with it is
+/// locked (an idle app past its lock time counts as locked). A locked
+/// phone's sign-in cookie therefore cannot add an authenticator.
+fn fresh_user(server: &OAuthServer, headers: &HeaderMap) -> Result<(UserRecord, String), NotFresh> {
+    let now = OffsetDateTime::now_utc();
+    let (user, session, key) = session_of(server, headers, now).ok_or(NotFresh::SignedOut)?;
+    let age = now.unix_timestamp() - session.created;
+    if !(0..=FRESH_AUTH_SECS).contains(&age) {
+        return Err(NotFresh::Stale);
+    }
+    let lock_secs = server.settings.app_lock.whole_seconds();
+    match crate::webapp::session::signin_has_locked_app(
+        server.store.as_ref(),
+        &key,
+        lock_secs,
+        now.unix_timestamp(),
+    ) {
+        Ok(false) => Ok((user, key)),
+        // A store failure rejects too, because a second sign-in is better
+        // than a passkey added behind a lock.
+        _ => Err(NotFresh::Stale),
+    }
+}
+
+/// Renders the page that requests a fresh sign-in before a passkey is added.
+fn fresh_sign_in_page(reason: &NotFresh) -> Response {
+    let text = match reason {
+        NotFresh::SignedOut => "You are not signed in.",
+        NotFresh::Stale => {
+            "Adding a passkey needs a fresh sign-in: your password and code were entered \
+             more than 5 minutes ago, or the app is locked."
+        }
+    };
+    Page::new(
+        StatusCode::UNAUTHORIZED,
+        "Passkeys",
+        format!(
+            "<p class=\"error\" role=\"alert\">{text}</p>\
+             <p>Sign in with your password and code, and you return to this page.</p>\
+             <p><a class=\"button\" href=\"/app/signin?next=passkeys\">Sign in again</a></p>\
+             <p><a href=\"/app\">Back to Ward</a></p>"
+        ),
+    )
+    .into_response()
+}
+
+/// `GET /oauth/passkeys`: the page where a signed-in user adds a passkey,
+/// within [`FRESH_AUTH_SECS`] of entering the password and second factor.
 pub async fn passkeys_page(State(state): State<AppState>, request: Request) -> Response {
     let server = match server_of(&state) {
         Ok(server) => server,
@@ -141,12 +204,9 @@ pub async fn passkeys_page(State(state): State<AppState>, request: Request) -> R
     };
     let headers = request.headers().clone();
     blocking(move || {
-        let Some(user) = session_user(&server, &headers, OffsetDateTime::now_utc()) else {
-            return Page::error(
-                StatusCode::UNAUTHORIZED,
-                "Sign in through an application first, then return to this page.",
-            )
-            .into_response();
+        let user = match fresh_user(&server, &headers) {
+            Ok((user, _)) => user,
+            Err(reason) => return fresh_sign_in_page(&reason),
         };
         let body = if relying_party(&server).is_none() {
             "<p class=\"error\">Passkeys need a server address with a DNS name; \
@@ -187,16 +247,16 @@ fn registering_user(
             "passkeys need a server origin with a DNS name",
         )));
     };
-    let user = session_user(server, headers, OffsetDateTime::now_utc());
-    let token = html::read_cookie(headers, SESSION_COOKIE);
-    match (user, token) {
-        (Some(user), Some(token)) => {
-            let session_key = digest_key(&TokenDigest::of(&token));
-            Ok((user, format!("register.{session_key}"), webauthn))
-        }
-        _ => Err(Box::new(json_error(
+    match fresh_user(server, headers) {
+        Ok((user, session_key)) => Ok((user, format!("register.{session_key}"), webauthn)),
+        Err(NotFresh::SignedOut) => Err(Box::new(json_error(
             StatusCode::UNAUTHORIZED,
             "sign in with your password and code before adding a passkey",
+        ))),
+        Err(NotFresh::Stale) => Err(Box::new(json_error(
+            StatusCode::UNAUTHORIZED,
+            "adding a passkey needs a sign-in with your password and code in the last 5 \
+             minutes and an unlocked app; sign in again at /app/signin?next=passkeys",
         ))),
     }
 }
@@ -259,14 +319,42 @@ pub async fn register_start(State(state): State<AppState>, request: Request) -> 
     .await
 }
 
-/// `POST /oauth/passkey/register/finish`: checks the attestation and stores
-/// the new credential with the user.
+/// Marks the response of a registered passkey with the user's id, for the
+/// audit record.
+#[derive(Clone)]
+struct PasskeyAdded(String);
+
+/// Records an AuditEvent for a passkey added to `user_id`'s account.
+async fn audit_passkey_added(state: &AppState, user_id: &str, network: Option<IpAddr>) {
+    let auditor = &state.engine.auditor;
+    let mut record = auditor.record(EventType::Security, Action::Create, Outcome::Success);
+    record.subtypes.push(Subtype::UserSecurityAttributesChanged);
+    let actor = Actor {
+        user_id: user_id.to_owned(),
+        network,
+        ..Actor::default()
+    };
+    record.agents.push(actor.agent());
+    record
+        .detail
+        .insert("event".to_owned(), "passkey_added".to_owned());
+    if let Err(error) = auditor.commit(record).await {
+        tracing::error!(target: "ward::audit", status = error.status.as_u16(), "recording a passkey addition failed");
+    }
+}
+
+/// `POST /oauth/passkey/register/finish`: checks the attestation, stores
+/// the new credential with the user and records an AuditEvent.
 pub async fn register_finish(State(state): State<AppState>, request: Request) -> Response {
+    let network = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
     let (server, headers, body) = match read_json_request(&state, request).await {
         Ok(parts) => parts,
         Err(response) => return response,
     };
-    blocking(move || {
+    let mut response = blocking(move || {
         let (user, key, webauthn) = match registering_user(&server, &headers) {
             Ok(found) => found,
             Err(response) => return *response,
@@ -296,7 +384,9 @@ pub async fn register_finish(State(state): State<AppState>, request: Request) ->
         match identity::add_passkey(server.store.as_ref(), &user.id, passkey) {
             Ok(count) => {
                 tracing::info!(target: "ward::auth", user = %user.id, count, "passkey registered");
-                json_response(StatusCode::OK, &json!({ "passkeys": count }))
+                let mut response = json_response(StatusCode::OK, &json!({ "passkeys": count }));
+                response.extensions_mut().insert(PasskeyAdded(user.id.clone()));
+                response
             }
             Err(IdentityError::Exists(_)) => json_error(
                 StatusCode::CONFLICT,
@@ -306,7 +396,11 @@ pub async fn register_finish(State(state): State<AppState>, request: Request) ->
             Err(_) => internal_error("storing the passkey"),
         }
     })
-    .await
+    .await;
+    if let Some(PasskeyAdded(user_id)) = response.extensions_mut().remove::<PasskeyAdded>() {
+        audit_passkey_added(&state, &user_id, network).await;
+    }
+    response
 }
 
 /// `POST /oauth/passkey/auth/start` (form: `csrf`): returns the
@@ -422,7 +516,7 @@ fn verify_assertion(
 
 fn finish_authentication(
     server: &OAuthServer,
-    _: &HeaderMap,
+    headers: &HeaderMap,
     _: &str,
     params: &Params,
     key: String,
@@ -460,7 +554,7 @@ fn finish_authentication(
         );
     }
     let _ = store.kv_delete(NS_THROTTLE_ACCOUNT, &account_key);
-    open_session(server, &key, pending, &user, now)
+    open_session(server, headers, &key, pending, &user, now)
 }
 
 #[cfg(test)]
