@@ -36,6 +36,7 @@ use ward_exchange::{OrgRole, TrustEntry};
 
 use super::call::{self, Call, resources};
 use super::html::{AppPage, WebForm, error_page, escape, hidden, see_other};
+use super::pages::{expired_form, fhir_failure, patient_name, unknown_handle};
 use super::signin::{self, Active, PeerAddr};
 use crate::AppState;
 use crate::exchange::controlled::{self, Schedule, TOTP_HEADER};
@@ -136,60 +137,6 @@ pub struct MessagesQuery {
 
 // ---------------------------------------------------------------------------
 // Helpers shared by the screens.
-
-fn expired_form() -> Response {
-    error_page(
-        StatusCode::FORBIDDEN,
-        "This form has expired. Go back to your patients and try again.",
-    )
-}
-
-fn unknown_handle() -> Response {
-    error_page(
-        StatusCode::NOT_FOUND,
-        "This patient link belongs to another sign-in or has expired. Find the patient again.",
-    )
-}
-
-fn fhir_failure(reply: &call::Reply) -> Response {
-    let status = reply.status;
-    let message = match status.as_u16() {
-        401 => "Your sign-in is no longer valid. Sign out and sign in again.",
-        403 => "You are not allowed to see this. Access is limited to your care team's patients.",
-        404 => "This record was not found.",
-        _ => "The server could not complete this request. Try again.",
-    };
-    tracing::warn!(target: "ward::webapp", status = status.as_u16(), "an in-process FHIR request failed");
-    error_page(
-        if status.is_client_error() {
-            status
-        } else {
-            StatusCode::BAD_GATEWAY
-        },
-        message,
-    )
-}
-
-/// Returns the display name of a Patient.
-fn patient_name(patient: &Value) -> String {
-    let Some(name) = patient.get("name").and_then(|n| n.get(0)) else {
-        return "(no name)".to_owned();
-    };
-    if let Some(text) = name.get("text").and_then(Value::as_str) {
-        return text.to_owned();
-    }
-    let given: Vec<&str> = name
-        .get("given")
-        .and_then(Value::as_array)
-        .map(|g| g.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    let family = name.get("family").and_then(Value::as_str).unwrap_or("");
-    let full = format!("{} {family}", given.join(" "));
-    match full.trim() {
-        "" => "(no name)".to_owned(),
-        full => full.to_owned(),
-    }
-}
 
 /// Returns the text of a CodeableConcept: its text, a display or a code.
 fn concept_text(concept: Option<&Value>) -> String {

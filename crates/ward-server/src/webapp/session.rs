@@ -106,7 +106,7 @@ pub struct WebSession {
     pub after: Option<String>,
     /// The text of the last patient search, which `GET /app/search` shows
     /// after the POST that set it, so that no history entry of the browser
-    /// holds the search in a form body.
+    /// contains the search in a form body.
     #[serde(default)]
     pub search: Option<String>,
 }
